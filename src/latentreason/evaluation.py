@@ -1,0 +1,96 @@
+"""Batched evaluation: greedy answers, task scoring, accuracy with a 95% CI and per-answer costs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from latentreason.methods.base import LatentMethod
+from latentreason.tasks import Task
+from latentreason.tokenization import EncodedExample
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (sane at 0% and 100%, unlike the normal one)."""
+    if total == 0:
+        return (0.0, 0.0)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@torch.no_grad()
+def evaluate(
+    method: LatentMethod,
+    task: Task,
+    examples: Sequence[EncodedExample],
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score `method` on `examples`; write eval.json and predictions.jsonl under `out_dir` when given."""
+    was_training = method.training
+    method.eval()
+    records = []
+    total_time = 0.0
+    extra: dict[str, list[float]] = {}
+    batches = range(0, len(examples), batch_size)
+    for start in tqdm(batches, desc=f"eval {method.name}", disable=not progress, leave=False):
+        chunk = list(examples[start: start + batch_size])
+        began = time.perf_counter()
+        generation = method.generate(chunk, max_new_tokens)
+        elapsed = time.perf_counter() - began
+        total_time += elapsed
+        for key, value in generation.extra.items():
+            if isinstance(value, (int, float)):
+                extra.setdefault(key, []).append(float(value) * len(chunk))
+        for i, encoded in enumerate(chunk):
+            text = method.tokenizer.decode(generation.token_ids[i], skip_special_tokens=True)
+            records.append({
+                "question": encoded.example.question,
+                "gold": encoded.example.answer,
+                "generated": text,
+                "correct": bool(task.score(text, encoded.example)),
+                "generated_tokens": len(generation.token_ids[i]),
+                "forward_passes": generation.forward_passes[i],
+                "latent_slots": generation.latent_slots[i],
+                "flops": generation.flops[i],
+            })
+    method.train(was_training)
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    mean = lambda key: sum(r[key] for r in records) / max(n, 1)  # noqa: E731
+    low, high = wilson_interval(correct, n)
+    summary = {
+        "method": method.name,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / max(n, 1),
+        "accuracy_ci95": [low, high],
+        "generated_tokens_per_answer": mean("generated_tokens"),
+        "forward_passes_per_answer": mean("forward_passes"),
+        "latent_slots_per_answer": mean("latent_slots"),
+        "flops_per_answer": mean("flops"),
+        "seconds_per_answer": total_time / max(n, 1),
+        "answers_per_second": n / total_time if total_time > 0 else float("nan"),
+        "batch_size": batch_size,
+        **{key: sum(values) / max(n, 1) for key, values in extra.items()},
+        **{f"params_{k}": v for k, v in method.parameter_counts().items()},
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.jsonl", "w") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        (out / "eval.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,194 @@
+"""The one interface every latent-reasoning method implements, and the pieces they all share.
+
+A method is an `nn.Module` owning its model(s) and trainable latent parameters:
+
+    batch = method.collate(encoded_examples)      # method-specific layout (question | latents | steps | answer)
+    loss = method(batch)                          # forward == loss, so DDP/FSDP can wrap the whole method
+    out = method.generate(encoded_examples, n)    # batched, KV-cached greedy decoding + per-answer accounting
+    z = method.trace(encoded_examples)            # [B, N_L, d] latent vectors for analysis
+
+Curriculum methods change their layout with the epoch through `set_epoch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from latentreason.backbones import Backbone, ModelDims, count_parameters, embed_tokens, forward_flops, lm_forward, new_cache
+from latentreason.config import MethodConfig
+from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, special_ids
+
+
+@dataclass
+class Generation:
+    """Greedy answers for a batch plus what each answer cost."""
+
+    token_ids: list[list[int]]
+    """Generated tokens per example (prompt excluded, stopped at and excluding eos)."""
+    forward_passes: list[int]
+    """Sequential model calls each answer needed (prefill + latent passes + decode steps)."""
+    latent_slots: list[int]
+    """Latent vectors each answer used (N_L, Coconut thoughts, or loops beyond the first for looped)."""
+    flops: list[float]
+    """Analytic forward FLOPs per answer (see backbones.forward_flops)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Method-specific statistics (e.g. mean loops per token)."""
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(inputs_embeds [B, t, d], attention_mask [B, past + t], position_ids [B, t]) -> logits [B, t, V]."""
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: logits at position i predict labels at i + 1 (-100 ignored)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+@torch.no_grad()
+def greedy_decode(
+    step: StepFn,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    first_logits: torch.Tensor,
+    attention_mask: torch.Tensor,
+    next_positions: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Batched greedy decoding on an already-filled cache.
+
+    `first_logits` [B, V] are the logits after the prefix; each further token costs one cached call of
+    `step`. Finished rows keep decoding pad-free until all rows hit eos (their output is cut at eos).
+    Returns tokens per row and the number of decode calls each row actually needed.
+    """
+    batch = first_logits.shape[0]
+    device = first_logits.device
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logits = first_logits
+    mask = attention_mask
+    positions = next_positions.view(batch, 1).clone()
+    for index in range(max_new_tokens):
+        token = logits.argmax(-1)
+        token = torch.where(finished, torch.full_like(token, eos_id), token)
+        tokens.append(token)
+        finished = finished | (token == eos_id)
+        if bool(finished.all()) or index == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+        logits = step(embed(token.view(batch, 1)), mask, positions)[:, -1]
+        positions = positions + 1
+    generated = torch.stack(tokens, dim=1).tolist()
+    out: list[list[int]] = []
+    calls: list[int] = []
+    for row in generated:
+        cut = row.index(eos_id) if eos_id in row else len(row)
+        out.append(row[:cut])
+        calls.append(max(0, min(len(row), cut + 1) - 1))  # tokens after the first each needed one call
+    return out, calls
+
+
+def decode_flops(dims: ModelDims, context: int, decode_calls: int) -> float:
+    """FLOPs of `decode_calls` single-token cached calls starting after `context` tokens."""
+    n = decode_calls
+    if n <= 0:
+        return 0.0
+    # Sum over t of forward_flops(1 token, context + t past): closed form of the arithmetic series.
+    past_total = n * context + n * (n - 1) / 2
+    return 2 * dims.n_params_layers * n + 4 * dims.n_layer * dims.d_model * (past_total + n) + 2 * dims.d_model * dims.vocab_size * n
+
+
+class LatentMethod(nn.Module):
+    """Base class: holds the backbone, special token ids and the shared prefix-then-decode path."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, backbone: Backbone, config: MethodConfig):
+        super().__init__()
+        self.model = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.config = config
+        self.ids = special_ids(backbone.tokenizer)
+        self.dims = ModelDims.of(backbone.model)
+
+    # --- the interface -------------------------------------------------------------------------------
+    def collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(batch)
+
+    def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:
+        raise NotImplementedError
+
+    def trace(self, examples: Sequence[EncodedExample]) -> torch.Tensor:
+        """Latent vectors [B, N_L, d]; methods without latents return an empty slot axis."""
+        return torch.zeros(len(examples), 0, self.dims.d_model)
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Called at each epoch start; return True when the layout changed and the optimizer should reset."""
+        return False
+
+    def latent_models(self) -> dict[str, PreTrainedModel]:
+        """Models whose final norm + LM head decode this method's latents (logit lens)."""
+        return {"base": self.model}
+
+    def parameter_counts(self) -> dict[str, int]:
+        return count_parameters(self)
+
+    # --- shared helpers --------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return embed_tokens(self.model, ids)
+
+    def model_step(self, cache: DynamicCache) -> StepFn:
+        """A decode step function calling the backbone on `cache`."""
+        return lambda embeds, mask, positions: lm_forward(self.model, embeds, mask, positions, cache).logits
+
+    @torch.no_grad()
+    def decode_after_prefix(
+        self,
+        prefix_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        cache: DynamicCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[list[list[int]], list[int]]:
+        """Prefill a (left-padded) prefix on `cache` (fresh if None), then greedy-decode.
+
+        `attention_mask` covers cached tokens + prefix. Returns tokens and decode calls per row.
+        """
+        cache = cache if cache is not None else new_cache(self.model)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)[:, -prefix_embeds.shape[1]:]
+        logits = lm_forward(self.model, prefix_embeds, attention_mask, position_ids, cache).logits[:, -1]
+        return greedy_decode(
+            self.model_step(cache), self.embed, logits, attention_mask, position_ids[:, -1] + 1,
+            max_new_tokens, self.ids["eos"],
+        )
+
+    def left_padded_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = left_pad(prompts, self.ids["pad"])
+        return ids.to(self.device), mask.to(self.device)
+
+    def prompt_only_generation(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, latent_slots: int = 0) -> Generation:
+        """Generation for methods whose whole prefix is tokens: one prefill, then decoding."""
+        ids, mask = self.left_padded_prompts(prompts)
+        tokens, calls = self.decode_after_prefix(self.embed(ids), mask, max_new_tokens)
+        flops = [
+            forward_flops(self.dims, len(p), 0, 1) + decode_flops(self.dims, len(p), c) for p, c in zip(prompts, calls)
+        ]
+        return Generation(tokens, [1 + c for c in calls], [latent_slots] * len(prompts), flops)
