@@ -1,0 +1,168 @@
+"""GSM8K grade-school math, in the equation-only step format of latent-reasoning work.
+
+Two input formats are read:
+
+* the official release (``.jsonl``): one object a line with ``question`` and ``answer``; the
+  answer is a worked solution with calculator annotations (``<<48/2=24>>``) ending in ``#### 72``.
+  Steps become the annotations in order (``["<<48/2=24>>", "<<48+24=72>>"]``), the answer the
+  number after ``####`` without thousands separators; the full solution text is kept in
+  ``meta["solution"]``.
+* the Coconut-style file (``.json``): a JSON list of ``{"question", "steps": [...], "answer"}``.
+
+The format is chosen by extension (``.jsonl`` / ``.json``), otherwise by the first character of the
+file (``[`` means a JSON list). There is no generator: GSM8K is real data only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from typing import Any
+
+from latentreason.errors import UserInputError
+from latentreason.tasks.base import Example, Task, register_task
+
+ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
+"""A calculator annotation such as ``<<16-3-4=9>>``."""
+
+FINAL_MARKER = "####"
+"""Separates the official solution from its final answer."""
+
+_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+"""A number with optional sign, thousands separators and decimals (``-1,234.50``, ``.5``)."""
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The last number in `text` as an exact Fraction (``"$1,000.00"`` -> 1000), or None.
+
+    Exact values make ``18``, ``18.00`` and ``18.0`` equal without float tolerance.
+    """
+    if not isinstance(text, str):
+        return None
+    matches = _NUMBER_RE.findall(text.replace("$", ""))
+    if not matches:
+        return None
+    try:
+        return Fraction(matches[-1].replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_solution(solution: str) -> tuple[list[str], str] | None:
+    """Split an official solution into (annotation steps, final answer without commas).
+
+    None when the solution lacks the ``####`` marker or a value after it.
+    """
+    if FINAL_MARKER not in solution:
+        return None
+    body, final = solution.rsplit(FINAL_MARKER, 1)
+    answer = final.strip().replace(",", "")
+    if not answer:
+        return None
+    return ANNOTATION_RE.findall(body), answer
+
+
+def _require_str(rec: dict[str, Any], key: str, path: str, line: int | None, where: str) -> str:
+    if key not in rec:
+        raise UserInputError(f"{where}missing field {key!r} (expected a string)", path=path,
+                             line=line)
+    if not isinstance(rec[key], str):
+        raise UserInputError(f"{where}field {key!r} must be a string", path=path, line=line)
+    return rec[key]
+
+
+def _load_jsonl(text: str, path: str) -> list[Example]:
+    examples = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue  # tolerate blank lines (e.g. a trailing newline pair)
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise UserInputError(f"malformed JSON line: {e.msg} (column {e.colno}); expected one "
+                                 "object with question and answer", path=path, line=lineno) from e
+        if not isinstance(rec, dict):
+            raise UserInputError("expected a JSON object with question and answer", path=path,
+                                 line=lineno)
+        question = _require_str(rec, "question", path, lineno, "")
+        solution = _require_str(rec, "answer", path, lineno, "")
+        parsed = parse_solution(solution)
+        if parsed is None:
+            raise UserInputError(f"field 'answer' must end with '{FINAL_MARKER} <number>' "
+                                 "(the final answer)", path=path, line=lineno)
+        steps, answer = parsed
+        examples.append(Example(question, steps, answer, {"solution": solution}))
+    return examples
+
+
+def _load_json_list(text: str, path: str) -> list[Example]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path,
+                             line=e.lineno) from e
+    if not isinstance(records, list):
+        raise UserInputError("expected a JSON list of {question, steps, answer} records", path=path)
+    examples = []
+    for i, rec in enumerate(records):
+        where = f"record {i}: "
+        if not isinstance(rec, dict):
+            raise UserInputError(f"{where}expected an object with question, steps and answer",
+                                 path=path)
+        question = _require_str(rec, "question", path, None, where)
+        if "steps" not in rec:
+            raise UserInputError(f"{where}missing field 'steps' (expected a list of strings)",
+                                 path=path)
+        steps = rec["steps"]
+        if not (isinstance(steps, list) and all(isinstance(s, str) for s in steps)):
+            raise UserInputError(f"{where}field 'steps' must be a list of strings", path=path)
+        if "answer" not in rec:
+            raise UserInputError(f"{where}missing field 'answer' (expected the final number)",
+                                 path=path)
+        answer = rec["answer"]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not isinstance(answer, str) or not answer.strip():
+            raise UserInputError(f"{where}field 'answer' must be a non-empty string or number",
+                                 path=path)
+        examples.append(Example(question, list(steps), answer.strip().replace(",", ""), {}))
+    return examples
+
+
+@register_task
+class GSM8KTask(Task):
+    """GSM8K: numeric answer, scored by exact numeric equality."""
+
+    name = "gsm8k"
+
+    def load(self, path: str) -> list[Example]:
+        """Read the official jsonl or a Coconut-style JSON list (see the module docstring)."""
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                text = f.read()
+        except OSError as e:
+            raise UserInputError(f"cannot read GSM8K data: {e.strerror}", path=path) from e
+        except UnicodeDecodeError as e:
+            raise UserInputError(f"not UTF-8 text: {e.reason}", path=path) from e
+        if not text.strip():
+            raise UserInputError("empty dataset: the file has no records", path=path)
+        lower = path.lower()
+        if lower.endswith(".jsonl"):
+            is_list = False
+        elif lower.endswith(".json"):
+            is_list = True
+        else:
+            is_list = text.lstrip().startswith("[")
+        examples = _load_json_list(text, path) if is_list else _load_jsonl(text, path)
+        if not examples:
+            raise UserInputError("empty dataset: the file has no records", path=path)
+        return examples
+
+    def score(self, generated: str, example: Example) -> bool:
+        """True when the last number after the answer marker equals the gold number exactly."""
+        if not isinstance(generated, str):
+            return False
+        predicted = parse_number(self.extract_answer(generated))
+        gold = parse_number(example.answer)
+        return predicted is not None and gold is not None and predicted == gold

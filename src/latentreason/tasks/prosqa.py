@@ -1,0 +1,354 @@
+"""ProsQA: logical reasoning over a DAG of made-up concepts (Hao et al. 2024, "Coconut").
+
+A problem is a directed acyclic graph whose sources are people ("Tom is a wumpus.") and whose other
+nodes are nonsense concepts ("Every wumpus is a lempus."). The question asks whether the root person
+is a `target` (reachable) or a `neg_target` (not reachable); the steps spell out one path.
+
+Records use the schema of the released files (``prosqa_valid.json``): ``question``, ``answer``,
+``steps``, ``idx_to_symbol``, ``edges`` (``[parent, child]`` index pairs, parent index < child
+index), ``root``, ``target``, ``neg_target``. Generated examples keep that whole record in
+`Example.meta`, so `to_record` + `json.dump` writes a file `ProsQATask.load` reads back.
+
+The generator guarantees what makes the label unambiguous: exactly one path from the root to the
+target (so the step trace is the only proof), no path from the root to the negative target, and
+both targets are leaves. The released split is looser (it often has several root-to-target paths);
+its size statistics (nodes, edges, path length, number of people) are matched on average.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from latentreason.errors import UserInputError
+from latentreason.tasks.base import Example, Task, register_task
+
+FIELDS: dict[str, str] = {
+    "question": "a string",
+    "answer": "a string",
+    "steps": "a list of strings",
+    "idx_to_symbol": "a list of strings",
+    "edges": "a list of [parent, child] index pairs",
+    "root": "an integer node index",
+    "target": "an integer node index",
+    "neg_target": "an integer node index",
+}
+"""Fields of one record, in the released files' order, with what each must hold."""
+
+PERSON_NAMES = (
+    "Tom", "Gabriel", "Polly", "Alex", "Max", "Rex", "Stella", "Bob", "Oliver", "Fae", "Sally",
+    "Jack", "Carol", "Davis", "Eva", "Sam", "Wren",
+)
+"""The people of the released data (roots of the graphs)."""
+
+# Concept names are onset + vowel + coda + "pus", like the released "shumpus", "brimpus", "lorpus".
+_ONSETS = ("", "b", "br", "ch", "d", "f", "g", "gr", "gw", "h", "j", "k", "l", "n", "qu", "r",
+           "s", "sh", "scr", "st", "t", "v", "w", "y", "z", "zh")
+_VOWELS = ("u", "e", "i", "o")
+_CODAS = ("m", "r", "l")
+CONCEPT_NAMES: tuple[str, ...] = tuple(
+    o + v + c + "pus" for o in _ONSETS for v in _VOWELS for c in _CODAS if o + v != "u"
+)
+"""Deterministic inventory of made-up concept names (~300), sampled per problem."""
+
+# Size distributions measured on the released validation split (300 problems): counts per value.
+_PATH_LENGTHS = {3: 124, 4: 133, 5: 36, 6: 7}
+_NODE_COUNTS = {17: 2, 18: 5, 19: 14, 20: 18, 21: 37, 22: 48, 23: 58, 24: 52, 25: 40, 26: 22,
+                27: 3, 28: 1}
+_PERSON_COUNTS = {2: 180, 3: 93, 4: 21, 5: 5, 6: 1}
+_NEG_DEPTHS = {1: 64, 2: 161, 3: 77, 4: 9}
+_EDGES_PER_NODE = (1.59, 0.18)  # mean, standard deviation
+_PERSON_EDGE_SKIP = 0.8
+_EXTRA_RANKS = 2
+"""Distractor concepts may sit up to this many levels below the target (released graphs reach
+about two levels deeper than the answer path)."""
+
+
+def _weighted(rng: random.Random, table: dict[int, int], lo: int | None = None,
+              hi: int | None = None) -> int:
+    """Sample a key of `table` proportionally to its count, restricted to lo..hi.
+
+    When lo..hi reaches outside the table (sizes the released data never has), sample uniformly
+    from lo..hi instead, so that every requested value can occur.
+    """
+    keys = [k for k in table if (lo is None or k >= lo) and (hi is None or k <= hi)]
+    if lo is not None and hi is not None and len(keys) < hi - lo + 1:
+        return rng.randint(lo, hi)
+    return rng.choices(keys, weights=[table[k] for k in keys])[0]
+
+
+def _reachable(adj: dict[int, list[int]], start: int) -> set[int]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for v in adj[stack.pop()]:
+            if v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen
+
+
+def fact_sentence(parent: str, child: str, parent_is_person: bool) -> str:
+    return f"{parent} is a {child}." if parent_is_person else f"Every {parent} is a {child}."
+
+
+def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
+    """Build one problem record. Node ids here are construction ids; renumbered at the end."""
+    # The negative chain is no deeper than the answer path (as in the released data) and must fit.
+    neg_depth = _weighted(rng, _NEG_DEPTHS, 1, min(depth, max(_NEG_DEPTHS), n_nodes - 2 - depth))
+    # People beyond the two needed ones must leave room for both chains.
+    max_persons = max(2, n_nodes - depth - neg_depth)
+    n_persons = min(_weighted(rng, _PERSON_COUNTS), max_persons)
+    n_concepts = n_nodes - n_persons
+
+    # Construction ids: persons 0..n_persons-1 (0 = root, 1 = the negative target's person),
+    # then the answer chain, the negative chain, then distractor concepts.
+    rank: list[int] = [0] * n_persons
+    root, neg_root = 0, 1
+    chain = list(range(n_persons, n_persons + depth))
+    rank += list(range(1, depth + 1))
+    neg_chain = list(range(len(rank), len(rank) + neg_depth))
+    rank += list(range(1, neg_depth + 1))
+    n_extra = n_concepts - depth - neg_depth
+    rank += [rng.randint(1, depth + _EXTRA_RANKS) for _ in range(n_extra)]
+    extras = list(range(len(rank) - n_extra, len(rank)))
+    target, neg_target = chain[-1], neg_chain[-1]
+    n = len(rank)
+
+    adj: dict[int, list[int]] = {u: [] for u in range(n)}
+    parents: dict[int, list[int]] = {u: [] for u in range(n)}
+    edges: set[tuple[int, int]] = set()
+
+    def add(u: int, v: int) -> None:
+        adj[u].append(v)
+        parents[v].append(u)
+        edges.add((u, v))
+
+    def allowed(u: int, v: int) -> bool:
+        """Does u->v keep the DAG ranked, targets leaves, one root->target path, neg unreachable?"""
+        if rank[u] >= rank[v] or u in (target, neg_target) or (u, v) in edges:
+            return False
+        from_root = _reachable(adj, root)
+        if u not in from_root:
+            return True  # no new path starts at the root
+        below_v = _reachable(adj, v)
+        if neg_target in below_v:
+            return False
+        # Any node above the target reached again from the root would add a second path.
+        above_target = _reachable(parents, target)
+        return not (below_v & above_target)
+
+    for a, b in zip([root] + chain, chain):
+        add(a, b)
+    for a, b in zip([neg_root] + neg_chain, neg_chain):
+        add(a, b)
+    # Every distractor needs a parent (only people are sources); it has no children yet, so any
+    # parent of lower rank that is not a target is allowed.
+    for v in sorted(extras, key=lambda x: rank[x]):
+        options = [u for u in range(n) if rank[u] < rank[v] and u not in (target, neg_target)]
+        add(rng.choice(options), v)
+    # Extra people need at least one fact of their own.
+    for p in range(2, n_persons):
+        options = [v for v in range(n_persons, n) if allowed(p, v)]
+        add(p, rng.choice(options))
+
+    # Densify with random allowed edges up to the sampled edge count.
+    want_edges = round(n * min(2.05, max(1.05, rng.gauss(*_EDGES_PER_NODE))))
+    candidates = [(u, v) for u in range(n) for v in range(n_persons, n) if rank[u] < rank[v]]
+    rng.shuffle(candidates)
+    for u, v in candidates:
+        if len(edges) >= want_edges:
+            break
+        # People have many candidate children (they sit above everything); thinning their edges
+        # brings their mean out-degree nearer the released data's 2.8 (3.5 here, 4.7 unthinned).
+        if u < n_persons and rng.random() < _PERSON_EDGE_SKIP:
+            continue
+        if allowed(u, v):
+            add(u, v)
+
+    # Renumber in a random topological order with the two main people first, like the released
+    # files (root is index 0 or 1 there and every edge goes from a lower to a higher index).
+    order = [root, neg_root]
+    rng.shuffle(order)
+    indeg = {u: len(parents[u]) for u in range(n)}
+    ready = [u for u in range(2, n_persons)]
+    for u in order:
+        for v in adj[u]:
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                ready.append(v)
+    while ready:
+        u = ready.pop(rng.randrange(len(ready)))
+        order.append(u)
+        for v in adj[u]:
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                ready.append(v)
+    assert len(order) == n, "construction produced a cycle"
+    new_id = {old: i for i, old in enumerate(order)}
+
+    people = rng.sample(PERSON_NAMES, n_persons)
+    concepts = rng.sample(CONCEPT_NAMES, n_concepts)
+    name = {u: (people[u] if u < n_persons else concepts[u - n_persons]) for u in range(n)}
+    idx_to_symbol = [name[u] for u in order]
+    edge_list = sorted([new_id[u], new_id[v]] for u, v in edges)
+
+    facts = [fact_sentence(name[u], name[v], u < n_persons) for u, v in edges]
+    facts.sort()  # set order is arbitrary; sort, then shuffle with the seeded rng for determinism
+    rng.shuffle(facts)
+    options = [name[target], name[neg_target]]
+    rng.shuffle(options)
+    person = name[root]
+    path = [root] + chain
+    steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
+    return {
+        "question": " ".join(facts) + f" Is {person} a {options[0]} or {options[1]}?",
+        "answer": f"{person} is a {name[target]}.",
+        "steps": steps,
+        "idx_to_symbol": idx_to_symbol,
+        "edges": edge_list,
+        "root": new_id[root],
+        "target": new_id[target],
+        "neg_target": new_id[neg_target],
+    }
+
+
+def to_record(example: Example) -> dict[str, Any]:
+    """The example as a record of the released schema (field order as in the released files)."""
+    record = {"question": example.question, "answer": example.answer, "steps": list(example.steps)}
+    for key in ("idx_to_symbol", "edges", "root", "target", "neg_target"):
+        if key not in example.meta:
+            raise UserInputError(f"prosqa example lacks graph field {key!r}; expected an example "
+                                 "from ProsQATask.generate or .load")
+        record[key] = example.meta[key]
+    return record
+
+
+def write_records(examples: Iterable[Example], path: str) -> None:
+    """Write examples as a JSON list in the released schema (readable by `ProsQATask.load`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([to_record(e) for e in examples], f, indent=1)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_record(rec: Any, index: int, path: str) -> None:
+    """Raise UserInputError naming `path`, record `index` and the field when `rec` is malformed."""
+    where = f"record {index}"
+    if not isinstance(rec, dict):
+        raise UserInputError(f"{where}: expected an object with fields {list(FIELDS)}", path=path)
+    for key, expected in FIELDS.items():
+        if key not in rec:
+            raise UserInputError(f"{where}: missing field {key!r} (expected {expected})", path=path)
+    n = len(rec["idx_to_symbol"]) if isinstance(rec["idx_to_symbol"], list) else 0
+    checks = {
+        "question": isinstance(rec["question"], str),
+        "answer": isinstance(rec["answer"], str),
+        "steps": isinstance(rec["steps"], list) and all(isinstance(s, str) for s in rec["steps"]),
+        "idx_to_symbol": n > 0 and all(isinstance(s, str) for s in rec["idx_to_symbol"]),
+        "edges": isinstance(rec["edges"], list) and all(
+            isinstance(e, list) and len(e) == 2 and all(_is_int(x) and 0 <= x < n for x in e)
+            for e in rec["edges"]),
+        "root": _is_int(rec["root"]) and 0 <= rec["root"] < n,
+        "target": _is_int(rec["target"]) and 0 <= rec["target"] < n,
+        "neg_target": _is_int(rec["neg_target"]) and 0 <= rec["neg_target"] < n,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            extra = "" if key in ("question", "answer", "steps") else f" within 0..{n - 1}"
+            if key == "idx_to_symbol":
+                extra = ", not empty"
+            raise UserInputError(f"{where}: field {key!r} must be {FIELDS[key]}{extra}", path=path)
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, single spaces, no surrounding whitespace or trailing period."""
+    return re.sub(r"\s+", " ", text).strip().rstrip(".").strip().lower()
+
+
+@register_task
+class ProsQATask(Task):
+    """ProsQA: is the person a `target` or a `neg_target`? Answer "Tom is a <target>."."""
+
+    name = "prosqa"
+
+    def generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
+                 n_nodes: int | None = None, **params: Any) -> list[Example]:
+        """`n` problems, deterministic in `seed`.
+
+        The answer path length (number of steps) is drawn from the released split's distribution
+        restricted to min_depth..max_depth; the node count likewise unless `n_nodes` fixes it.
+        """
+        if params:
+            raise UserInputError(f"prosqa: unknown generator parameter(s) {sorted(params)}; "
+                                 "expected min_depth, max_depth, n_nodes")
+        if not isinstance(n, int) or n < 0:
+            raise UserInputError(f"prosqa: n must be a non-negative integer, got {n!r}")
+        if not (_is_int(min_depth) and _is_int(max_depth) and 1 <= min_depth <= max_depth):
+            raise UserInputError(f"prosqa: expected integers 1 <= min_depth <= max_depth, got "
+                                 f"min_depth={min_depth!r}, max_depth={max_depth!r}")
+        need = max_depth + 3  # root, neg person, chain, neg target
+        if n_nodes is not None and not (_is_int(n_nodes) and need <= n_nodes <= len(CONCEPT_NAMES)):
+            raise UserInputError(f"prosqa: n_nodes must be an integer in {need}.."
+                                 f"{len(CONCEPT_NAMES)} for max_depth={max_depth}, got {n_nodes!r}")
+        rng = random.Random(f"prosqa:{seed}")
+        examples = []
+        for _ in range(n):
+            depth = _weighted(rng, _PATH_LENGTHS, min_depth, max_depth)
+            size = n_nodes if n_nodes is not None else max(
+                _weighted(rng, _NODE_COUNTS), depth + 3 + rng.randint(0, 6))
+            record = _make_graph(rng, depth, size)
+            examples.append(Example(record["question"], list(record["steps"]), record["answer"],
+                                    record))
+        return examples
+
+    def load(self, path: str) -> list[Example]:
+        """Read a JSON list of records in the released schema, validating every record."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UserInputError(f"cannot read ProsQA data: {e.strerror}", path=path) from e
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserInputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path,
+                                 line=e.lineno) from e
+        if not isinstance(records, list):
+            raise UserInputError("expected a JSON list of ProsQA records", path=path)
+        if not records:
+            raise UserInputError("empty dataset: expected at least one record", path=path)
+        examples = []
+        for i, rec in enumerate(records):
+            validate_record(rec, i, path)
+            examples.append(Example(rec["question"], list(rec["steps"]), rec["answer"], dict(rec)))
+        return examples
+
+    def score(self, generated: str, example: Example) -> bool:
+        """Compare the text after the answer marker with the gold answer, normalised."""
+        if not isinstance(generated, str):
+            return False
+        return normalize_answer(self.extract_answer(generated)) == normalize_answer(example.answer)
+
+
+def graph_stats(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean size statistics of records (nodes, edges, path length, people); used to compare the
+    generator with released data."""
+    def mean(xs: list[int]) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
+    def n_sources(r: dict[str, Any]) -> int:
+        children = {b for _, b in r["edges"]}
+        return sum(1 for i in range(len(r["idx_to_symbol"])) if i not in children)
+
+    return {
+        "nodes": mean([len(r["idx_to_symbol"]) for r in records]),
+        "edges": mean([len(r["edges"]) for r in records]),
+        "path_length": mean([len(r["steps"]) for r in records]),
+        "people": mean([n_sources(r) for r in records]),
+    }
