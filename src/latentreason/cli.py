@@ -30,6 +30,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "n", "forward_passes_per_answer") if k in summary}))
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from latentreason.config import load_config
+    from latentreason.methods.coprocessor_pretrain import pretrain_coprocessor
+
+    config, overrides = _split_config(args.config, args.overrides)
+    summary = pretrain_coprocessor(load_config(config, overrides), progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from latentreason.config import parse_overrides
     from latentreason.training import evaluate_run
@@ -37,7 +46,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    summary = evaluate_run(run_dir, parse_overrides(args.overrides), progress=not args.quiet)
+    summary = evaluate_run(run_dir, parse_overrides(args.overrides), progress=not args.quiet, eval_name=args.name)
     print(json.dumps(summary, indent=2))
 
 
@@ -96,9 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 method.n_latents=4")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("pretrain-coprocessor", help="Liu-style coprocessor pretraining on plain text (M points x N_A ahead tokens)")
+    p.add_argument("config", nargs="?", help="YAML config (see configs/issue4_pretrain.yaml)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_cmd_pretrain)
+
     p = sub.add_parser("eval", help="re-evaluate a finished run")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="e.g. task.eval_path=data.json eval.max_new_tokens=32")
+    p.add_argument("--name", default="eval", help="results subdirectory of RUN_DIR (default: eval)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("data", help="generate a task data file, or check one")

@@ -96,6 +96,10 @@ class CoprocessorConfig:
     """Pretraining: augmentation points M per sequence."""
     pretrain_ahead: int = 8
     """Pretraining: ahead tokens N_A predicted after each point."""
+    pretrain_seq_len: int = 64
+    """Pretraining: tokens per packed text sequence (points are drawn inside it)."""
+    pretrain_corpus: str = "task"
+    """Pretraining text: `task` (the task's train split written out as question, steps, answer) or a .txt path."""
 
 
 @dataclass
@@ -116,6 +120,10 @@ class LoopedConfig:
     """Q-exit threshold at inference: exit at the first loop whose exit CDF reaches q (1.0 = all loops)."""
     kv_policy: str = "reuse"
     """KV for positions that exited early: recompute, reuse (last computed loop), or per_loop."""
+    use_steps: bool = True
+    """Train on question -> steps + answer (like CoT); false trains on question -> answer only."""
+    loop_norm: bool = True
+    """Feed the final-normed state into the next loop, as Ouro does; false feeds the raw residual stream."""
 
 
 @dataclass
@@ -160,6 +168,17 @@ class TrainConfig:
     tensorboard: bool = False
     compile: bool = False
     """Regional torch.compile of the backbone's decoder layers (GPU only)."""
+    find_unused_parameters: bool = False
+    """Multi-process DDP: search the graph for trainable parameters that got no gradient this step. Only
+    needed when a trainable parameter can sit out a step (frozen ones, requires_grad=False, never matter);
+    costs one graph traversal per step. See docs/SCALE.md."""
+    fsdp: bool = False
+    """Multi-GPU: shard parameters, gradients and optimizer state with FSDP2 (accelerate, fsdp_version=2)
+    instead of replicating them with DDP. Ignored (DDP or a single process) on CPU; no resume yet."""
+    fsdp_reshard_after_forward: bool | None = None
+    """FSDP2: free each layer's gathered parameters after its forward. None = auto: false for multi-pass
+    methods (coconut, coprocessor, looped call every layer several times per step and would all-gather it
+    each time), true for single-pass ones."""
     init_from: str | None = None
     """Run dir whose final weights initialise the model (e.g. Coconut from a CoT checkpoint)."""
 

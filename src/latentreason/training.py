@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from latentreason.backbones import TINY_BACKBONES, build_backbone
@@ -117,9 +119,16 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
         if saved != to_dict(cfg):
             raise UserInputError("a checkpoint with a different config exists here; resume with the same config or use a new out_dir", path=str(out / "config.yaml"))
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=not torch.cuda.is_available(), **distributed_kwargs(cfg))
+    sharded = accelerator.is_fsdp2
+    if sharded and checkpoint_path.exists():
+        raise UserInputError("resuming an FSDP2 run is not supported yet (its checkpoint has no optimizer state); restart it or resume with train.fsdp=false", path=str(checkpoint_path))
     run = build_run(cfg, out)
     method = run.method
+    # Every rank builds its run before the main one writes tokenizer/ (a late rank would read it half-written).
+    accelerator.wait_for_everyone()
+    if sharded:  # one FSDP2 unit per decoder layer, found by the backbone's own block class names
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = list(method.model._no_split_modules or [])
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -142,6 +151,7 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95), fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps))
     model, optimizer = accelerator.prepare(method, optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces parameters by sharded DTensors
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
     if checkpoint_path.exists():
@@ -156,10 +166,11 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
 
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
+        weights = accelerator.get_state_dict(model)  # under FSDP2 a collective that gathers full weights: all ranks call it
         if accelerator.is_main_process:
             atomic_save({
-                "method": accelerator.unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "method": weights,
+                "optimizer": None if sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "state": dict(state),
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
@@ -228,6 +239,11 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
 
     method = accelerator.unwrap_model(model)
     accelerator.wait_for_everyone()
+    if sharded:  # FSDP2 parameters are shards: gather them (collective) into an unsharded copy to save and evaluate
+        weights = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            method = build_run(cfg, out).method.to(accelerator.device)
+            method.load_state_dict(weights)
     summary: dict = {"steps": state["global_step"], "train_seconds": time.perf_counter() - began}
     if accelerator.is_main_process:
         atomic_save(method.state_dict(), out / "model.pt")
@@ -236,6 +252,32 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
         (out / "done.json").write_text(json.dumps(summary, indent=2))
         checkpoint_path.unlink(missing_ok=True)
     return summary
+
+
+MULTI_PASS_METHODS = ("coconut", "coprocessor", "looped")
+"""Methods that run every decoder layer several times per training step (FSDP2 keeps those layers gathered)."""
+
+
+def distributed_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Accelerator arguments for multi-process runs: DDP options, plus an FSDP2 plugin when asked on GPUs.
+
+    Single-process runs ignore both. Accelerate runs FSDP on GPUs only, so on CPU `train.fsdp` falls back
+    to DDP with a warning.
+    """
+    tc = cfg.train
+    kwargs: dict[str, Any] = {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=tc.find_unused_parameters)]}
+    if not tc.fsdp:
+        return kwargs
+    if not torch.cuda.is_available():
+        warnings.warn("train.fsdp=true needs GPUs (accelerate shards on GPUs only); training with DDP / one process instead")
+        return kwargs
+    reshard = tc.fsdp_reshard_after_forward
+    if reshard is None:
+        reshard = cfg.method.name not in MULTI_PASS_METHODS
+    kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+        fsdp_version=2, reshard_after_forward=reshard, auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT",
+    )
+    return kwargs
 
 
 def compile_layers(method: LatentMethod) -> None:
@@ -255,8 +297,11 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = True) -> dict:
-    """Re-evaluate a finished run's final weights (e.g. with another eval set or decoding budget)."""
+def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = True, eval_name: str = "eval") -> dict:
+    """Re-evaluate a finished run's final weights (e.g. with another eval set or decoding budget).
+
+    Results go to RUN_DIR/<eval_name>/, so several re-evaluations (e.g. one per exit threshold) can coexist.
+    """
     from latentreason.config import deep_merge, from_dict
 
     run_dir = Path(run_dir)
@@ -265,4 +310,4 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: b
     cfg.train.init_from = None
     run = build_run(cfg, run_dir)
     load_weights(run.method, run_dir / "model.pt")
-    return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, run_dir / "eval", progress)
+    return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, run_dir / eval_name, progress)

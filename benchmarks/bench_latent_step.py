@@ -1,0 +1,176 @@
+"""Latent training steps against plain CoT steps and against the naive recompute-everything loop.
+
+Measured in one process, interleaved (see common.py), each a full training step (forward, backward,
+AdamW step):
+
+- coconut at k latents (stage k/c with c = 2 thoughts per step on Countdown, whose 3 steps allow k <= 6)
+  vs a CoT step over the SAME [B, T] tokens (one causal pass over Coconut's own batch layout, latent
+  slots read as <latent> token embeddings): the price of the k extra sequential passes on one cache.
+- coconut vs a naive loop written here: for each latent j, the full model re-runs the whole sequence so
+  far without a cache to get thought j, then one full pass computes the loss (what a straightforward
+  re-implementation does). Its loss is checked against Coconut's before timing.
+- coprocessor liu/h1/h2 at N_L latents vs a CoT step over the tokens the Base reads
+  (question + N_L slots + answer).
+
+Target: coconut step <= 1.5x the CoT step at k = 6 (on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+
+import common
+from latentreason.backbones import forward_flops, lm_forward
+from latentreason.config import CoconutConfig, CoprocessorConfig, MethodConfig
+from latentreason.methods.base import LatentMethod, causal_lm_loss
+from latentreason.tokenization import supervised_sequences
+
+TARGET_RATIO_K6 = 1.5
+
+
+def naive_coconut_loss(method: LatentMethod, batch: dict[str, Any]) -> torch.Tensor:
+    """Coconut's loss the naive way: every latent re-runs the model over the whole prefix, no cache."""
+    embeds = method.embed(batch["input_ids"])
+    mask, positions, has_latent = batch["attention_mask"], batch["position_ids"], batch["latent_mask"]
+    start = batch["latent_start"]
+    for j in range(has_latent.shape[1]):
+        end = start + j  # columns [0, end) are known; latent slot j sits at column `end`
+        out = lm_forward(method.model, embeds[:, :end], mask[:, :end], positions[:, :end], None, output_hidden_states=True)
+        thought = torch.where(has_latent[:, j, None], out.hidden_states[-1][:, -1].to(embeds.dtype), embeds[:, end])
+        embeds = torch.cat([embeds[:, :end], thought.unsqueeze(1), embeds[:, end + 1:]], dim=1)
+    logits = lm_forward(method.model, embeds, mask, positions).logits
+    return causal_lm_loss(logits, batch["labels"])
+
+
+def cot_loss(method: LatentMethod, batch: dict[str, Any]) -> torch.Tensor:
+    """One causal pass over a batch's tokens (the CoT step), whatever layout the batch has."""
+    logits = lm_forward(method.model, method.embed(batch["input_ids"]), batch["attention_mask"], batch["position_ids"]).logits
+    return causal_lm_loss(logits, batch["labels"])
+
+
+def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, env: common.Env) -> Callable[[], None]:
+    """zero_grad, forward under autocast, backward, AdamW step."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with env.autocast():
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def adamw(module: torch.nn.Module, env: common.Env) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    # A tiny lr: the weights barely move, so every repeat does the same work.
+    return torch.optim.AdamW(params, lr=1e-7, fused=env.device.type == "cuda")
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step (32 = TrainConfig.batch_size)")
+    p.add_argument("--ks", default="0,2,4,6", help="Coconut latent counts (multiples of c=2, at most 6 on Countdown)")
+    p.add_argument("--n-latents", type=int, default=6, help="coprocessor N_L")
+    p.add_argument("--variants", default="liu,h1,h2", help="coprocessor variants ('' to skip)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive recompute loop")
+    args = p.parse_args()
+    env = common.setup(args)
+    ks = [int(k) for k in args.ks.split(",") if k]
+    c = 2
+    if any(k % c for k in ks):
+        p.error(f"--ks must be multiples of {c}")
+    examples = common.countdown_data(args.batch_size)
+
+    coconut_cfg = MethodConfig(name="coconut", n_latents=max(ks + [c]), coconut=CoconutConfig(thoughts_per_step=c, pad_latent_to_max=True))
+    coconut, encoded, backbone = common.build(args, env, coconut_cfg, examples)
+    pristine = copy.deepcopy(backbone)  # coprocessor variants freeze their Base: give each its own copy
+    print(f"attention implementation: {backbone.model.config._attn_implementation}")
+    coconut.train()
+    optimizer = adamw(coconut, env)
+    dims = coconut.dims
+
+    fns: dict[str, Callable[[], None]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    checks: dict[str, float] = {}
+    for k in ks:
+        coconut.stage = k // c
+        batch = common.to_device(coconut.collate(encoded), env.device)
+        assert int(batch["latent_mask"].sum()) == k * len(encoded), "every row should hold exactly k latents"
+        B, T = batch["input_ids"].shape
+        tokens = int(batch["attention_mask"].sum())
+        forward = forward_flops(dims, T, 0, T) * B  # the K+1 passes sum to one causal pass (padding included)
+        with torch.no_grad():
+            ours = float(coconut.loss(batch))
+            ref = float(cot_loss(coconut, batch)) if k == 0 else None
+            if not args.no_naive:
+                naive = float(naive_coconut_loss(coconut, batch))
+                checks[f"k={k}: |coconut - naive| loss"] = abs(ours - naive)
+            if ref is not None:
+                checks["k=0: |coconut - cot| loss"] = abs(ours - ref)
+        fns[f"cot@k={k}"] = train_step(lambda b=batch: cot_loss(coconut, b), optimizer, env)
+        fns[f"coconut@k={k}"] = train_step(lambda b=batch: coconut.loss(b), optimizer, env)
+        info[f"cot@k={k}"] = {"method": "cot (same tokens)", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": None}
+        info[f"coconut@k={k}"] = {"method": "coconut", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": f"cot@k={k}"}
+        if not args.no_naive and k > 0:
+            start = batch["latent_start"]
+            naive_forward = sum(forward_flops(dims, start + j, 0, start + j) for j in range(k)) * B + forward
+            fns[f"naive@k={k}"] = train_step(lambda b=batch: naive_coconut_loss(coconut, b), optimizer, env)
+            info[f"naive@k={k}"] = {"method": "naive recompute", "k": k, "tokens": tokens, "flops": 3 * naive_forward, "ref": f"coconut@k={k}"}
+
+    variants = [v for v in args.variants.split(",") if v]
+    if variants:
+        n = args.n_latents
+        cot_batch = supervised_sequences(
+            [e.question_ids + [coconut.ids["<latent>"]] * n for e in encoded], [e.answer_ids for e in encoded], coconut.ids["pad"]
+        )
+        cot_batch = common.to_device(cot_batch, env.device)
+        B, T = cot_batch["input_ids"].shape
+        tokens = int(cot_batch["attention_mask"].sum())
+        fns[f"cot@N_L={n}"] = train_step(lambda b=cot_batch: cot_loss(coconut, b), optimizer, env)
+        info[f"cot@N_L={n}"] = {"method": "cot (question+N_L+answer)", "k": n, "tokens": tokens, "flops": 3 * forward_flops(dims, T, 0, T) * B, "ref": None}
+        for variant in variants:
+            cfg = MethodConfig(name="coprocessor", n_latents=n, coprocessor=CoprocessorConfig(variant=variant))
+            method, _, _ = common.build(args, env, cfg, examples, backbone=copy.deepcopy(pristine))
+            method.train()
+            batch = common.to_device(method.collate(encoded), env.device)
+            q_len, a_len = batch["question_ids"].shape[1], batch["answer_ids"].shape[1]
+            lead, past = (n, q_len) if method.injection == "embeddings" else (1, q_len + n)  # kv: <eot> after injected K/V
+            flops = B * (forward_flops(method.dims, q_len, 0, 0) + forward_flops(method.coprocessor_dims, n, q_len, 0)
+                         + forward_flops(method.dims, lead + a_len, past, lead + a_len))
+            fns[f"coprocessor-{variant}"] = train_step(lambda m=method, b=batch: m.loss(b), adamw(method, env), env)
+            info[f"coprocessor-{variant}"] = {"method": f"coprocessor {variant}", "k": n, "tokens": tokens, "flops": 3 * flops, "ref": f"cot@N_L={n}"}
+
+    print(f"timing {len(fns)} steps x {args.repeats} repeats (interleaved) ...")
+    times = common.time_interleaved(fns, env.device, args.repeats, args.warmup)
+    rows = []
+    for name, fn in fns.items():
+        row = {"name": name, **info[name], **times[name]}
+        row["ms"] = 1000 * row["median_s"]
+        row["tokens/s"] = row["tokens"] / row["median_s"]
+        row["peak_mb"] = common.peak_memory(fn, env.device)["peak_mb"]
+        row["mfu"] = common.mfu(row["flops"], row["median_s"], env.device)
+        row["ratio"], row["ratio_min"] = common.ratios(times, name, row["ref"]) if row["ref"] else (None, None)
+        rows.append(row)
+
+    summary: dict[str, Any] = dict(checks)
+    kmax = max(ks)
+    if f"coconut@k={kmax}" in times:
+        ratio, ratio_min = common.ratios(times, f"coconut@k={kmax}", f"cot@k={kmax}")
+        summary[f"coconut / cot step at k={kmax} (median)"] = ratio
+        summary[f"coconut / cot step at k={kmax} (min)"] = ratio_min
+        if kmax == 6:
+            summary[f"target <= {TARGET_RATIO_K6}"] = "met" if ratio <= TARGET_RATIO_K6 else "MISSED"
+    for k in ks:
+        if f"naive@k={k}" in times:
+            summary[f"naive / coconut step at k={k} (median, min)"] = "%.2f, %.2f" % common.ratios(times, f"naive@k={k}", f"coconut@k={k}")
+    summary["how memory is measured"] = common.peak_memory(lambda: None, env.device)["how"]
+    columns = ["name", "method", "k", "tokens", "ms", "min_s", "max_s", "tokens/s", "peak_mb", "flops", "mfu", "ref", "ratio", "ratio_min"]
+    common.report(f"Latent training step, size={args.size}, batch={args.batch_size}", args, env, rows, columns, summary)
+
+
+if __name__ == "__main__":
+    main()
