@@ -17,7 +17,7 @@ from latentreason.methods.base import decode_flops
 from latentreason.config import MethodConfig
 from latentreason.backbones import ModelDims, forward_flops
 from latentreason.tasks import get_task
-from latentreason.tokenization import encode_examples, example_texts, left_pad
+from latentreason.tokenization import encode_examples, example_texts
 from latentreason.training import train
 
 

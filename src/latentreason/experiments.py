@@ -18,6 +18,10 @@ was interrupted resumes from its checkpoint. Each cell keeps its config.yaml, me
 A value may reference another cell's run dir: `train.init_from: "{cell:method.name=cot}"` resolves to the
 dir of the cell with those overrides and the same remaining grid values (e.g. the same seed/task), which is
 run first. That is how Coconut starts from CoT and a frozen Base comes from a No-CoT run.
+
+`analyze_run(run_dir)` (`latentreason analyze`) writes RUN_DIR/analysis/ (latent geometry, logit lens, PNGs);
+with `analyze: true` a sweep analyses every finished cell that has no analysis.json yet (so analyses resume
+too). `write_report(sweep_dir)` (`latentreason report`) writes SWEEP_DIR/report.md and SWEEP_DIR/plots/.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from latentreason.config import RunConfig, deep_merge, from_dict, parse_overrides, read_yaml, save_config
+from latentreason.config import RunConfig, deep_merge, from_dict, parse_overrides, read_yaml
 from latentreason.errors import UserInputError
 
 CELL_REF = re.compile(r"^\{cell:(.*)\}$")
@@ -158,20 +162,28 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
         for dependency in dependencies:
             run_cell(dependency, bar)
         done.add(name)
-        if (Path(cfg.out_dir) / "done.json").exists():
-            bar.update(1)
-            return
+        run_dir = Path(cfg.out_dir)
         bar.set_description(f"sweep {name}")
-        try:
-            train(cfg, progress=False)
-            if sweep.analyze:
-                analyze_run(cfg.out_dir)
-        except UserInputError:
-            raise
-        except Exception:  # one broken cell must not lose the rest of the sweep; the traceback is kept
-            (Path(cfg.out_dir)).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.out_dir) / "error.txt").write_text(traceback.format_exc())
-            failures.append(name)
+        if not (run_dir / "done.json").exists():
+            try:
+                train(cfg, progress=False)
+            except UserInputError:
+                raise
+            except Exception:  # one broken cell must not lose the rest of the sweep; the traceback is kept
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(traceback.format_exc())
+                failures.append(name)
+                bar.update(1)
+                return
+        # Analyses resume on their own: a finished cell without analysis.json (sweep re-run with analyze:
+        # true, or an analysis that crashed) is analysed now. A failed analysis never fails the cell.
+        if sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists():
+            try:
+                analyze_run(run_dir, progress=False)
+                (run_dir / "analysis_error.txt").unlink(missing_ok=True)
+            except Exception:
+                (run_dir / "analysis_error.txt").write_text(traceback.format_exc())
+                failures.append(name + " (analysis)")
         bar.update(1)
 
     with tqdm(total=len(cells), desc="sweep", disable=not progress) as bar:
@@ -210,6 +222,15 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+METHOD_SPECIFIC_KEYS = {"method.coprocessor.variant": "coprocessor", "method.looped.loops": "looped"}
+"""Columns that only mean something for one method (the others carry the default, which is noise)."""
+
+
+def identity_value(row: dict[str, Any], key: str) -> Any:
+    owner = METHOD_SPECIFIC_KEYS.get(key)
+    return None if owner is not None and row.get("method.name") != owner else row.get(key)
+
+
 def t_critical_95(dof: int) -> float:
     """Two-sided 95% Student-t critical values (small tables beat a scipy import here)."""
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -220,7 +241,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and 95% CI over seeds of each configuration (GROUP_KEYS); costs averaged."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = tuple(row.get(k) for k in GROUP_KEYS)
+        key = tuple(identity_value(row, k) for k in GROUP_KEYS)
         groups.setdefault(key, []).append(row)
     table = []
     for key, members in groups.items():
@@ -274,9 +295,327 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def analyze_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    raise UserInputError("latentreason analyze is not implemented yet")
+# ----------------------------------------------------------------------------- latent analyses
+
+ANALYSIS_DEFAULTS = {"variance_threshold": 0.9, "batch_size": 64, "max_examples": 0, "top_k": 5, "plots": True}
+"""`analysis.*` overrides of `latentreason analyze` (everything else overrides the run's config)."""
+
+
+def analysis_options(overrides: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split CLI overrides into analysis options and run-config overrides; unknown analysis keys are errors."""
+    parsed = parse_overrides(overrides or [])
+    options = parsed.pop("analysis", {})
+    unknown = sorted(set(options) - set(ANALYSIS_DEFAULTS)) if isinstance(options, dict) else [str(options)]
+    if unknown:
+        raise UserInputError(f"unknown analysis option(s) {unknown}; expected analysis.{{{', '.join(ANALYSIS_DEFAULTS)}}}=VALUE")
+    merged = {**ANALYSIS_DEFAULTS, **options}
+    if not 0 < float(merged["variance_threshold"]) <= 1:
+        raise UserInputError(f"analysis.variance_threshold={merged['variance_threshold']!r}; expected 0 < v <= 1")
+    return merged, parsed
+
+
+def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """Latent analyses of a finished run, written to RUN_DIR/analysis/ (analysis.json + PNGs).
+
+    Latents Z [n, N_L, d] come from `method.trace` over the eval set. Computed: the cross-capture matrix
+    H_ij and its mean off-diagonal, slot silhouette, effective rank (pooled and per slot), linear CKA
+    between slots, the logit lens of every slot through every latent model (top-k tokens), and, for
+    Base + Coprocessor methods, principal angles and CKA between Z and the Base-side states (see
+    analysis.capture.base_side_states). Methods without latents (cot, no_cot, soft_tokens with N_L = 0)
+    are not an error: the result says so (`"skipped"`), so a sweep with `analyze: true` goes on.
+    """
+    import numpy as np
+
+    from latentreason.analysis import capture
+    from latentreason.analysis.logit_lens import find_final_norm_and_head, logit_lens
+    from latentreason.analysis.plots import plot_heatmap, plot_logit_lens
+    from latentreason.analysis.similarity import linear_cka, principal_angles, summarize_latents
+
+    options, config_overrides = analysis_options(overrides)
+    run_dir = Path(run_dir)
+    out = run_dir / "analysis"
+    run = capture.load_finished_run(run_dir, config_overrides)
+    method = run.method
+    examples = run.eval_set[: int(options["max_examples"])] if options["max_examples"] else run.eval_set
+    threshold = float(options["variance_threshold"])
+    result: dict[str, Any] = {"run": run_dir.name, "method": method.name, "n_examples": len(examples), "variance_threshold": threshold}
+
+    latents = capture.collect_latents(method, examples, int(options["batch_size"]), progress)
+    if latents.shape[1] == 0:
+        result |= {"n_slots": 0, "skipped": f"method {method.name!r} has no latent slots: nothing to analyze"}
+        print(f"{run_dir}: {result['skipped']}")
+        return _write_analysis(out, result)
+    keep = capture.filled_rows(latents)
+    latents, dropped = latents[keep], int((~keep).sum())
+    if latents.shape[0] < 2:
+        raise UserInputError(f"latent analyses need at least 2 examples with all {latents.shape[1]} slots filled; got {latents.shape[0]}", path=str(run_dir))
+    result |= {"n_examples_dropped": dropped, **summarize_latents(latents.numpy(), threshold)}
+    z = latents.numpy()
+    n_slots = z.shape[1]
+    result["cka_slots"] = [[_finite(linear_cka(z[:, i], z[:, j])) for j in range(n_slots)] for i in range(n_slots)]
+    result["cka_slots_mean_off_diagonal"] = _finite(_off_diagonal_mean(result["cka_slots"]))
+
+    # Logit lens through every latent model; traces already final-normed skip the norm (see capture).
+    result["logit_lens"] = {}
+    for name, model in method.latent_models().items():
+        norm, head = find_final_norm_and_head(model)
+        table = logit_lens(latents, None if method.name not in capture.PRE_NORM_TRACES else norm, head, method.tokenizer, int(options["top_k"]))
+        result["logit_lens"][name] = [[{"token": t, "p": p} for t, p in slot] for slot in table]
+        if options["plots"]:
+            plot_logit_lens(table, out / f"logit_lens_{name}.png", f"{method.name} latents through the {name} head (top-{int(options['top_k'])}, mean p over examples)")
+
+    if capture.has_base_and_coprocessor(method):
+        base = capture.base_side_states(method, examples, int(options["batch_size"]), progress)
+        b = base[keep].numpy()
+        angles = np.degrees(principal_angles(z.reshape(-1, z.shape[-1]), b.reshape(-1, b.shape[-1]), threshold))
+        result["base_vs_coprocessor"] = {
+            "base_side": "base hidden states at the latent slots" if b.shape[1] == n_slots else "base hidden state at <eot> after the latent K/V",
+            "base_slots": b.shape[1],
+            "principal_angles_deg": [float(a) for a in angles],
+            "principal_angle_mean_deg": float(angles.mean()) if angles.size else None,
+            "cka": _finite(linear_cka(z.reshape(len(z), -1), b.reshape(len(b), -1))),
+            "cka_per_slot": [_finite(linear_cka(z[:, i], b[:, i])) for i in range(n_slots)] if b.shape[1] == n_slots else None,
+            "base_effective_rank": float(summarize_latents(b, threshold)["effective_rank"]),
+        }
+
+    if options["plots"]:
+        labels = [f"z{i + 1}" for i in range(n_slots)] if n_slots <= 32 else None
+        plot_heatmap(result["cross_capture"], out / "cross_capture.png",
+                     f"cross-capture H[i,j] (var {threshold:g}); off-diag mean {_fmt(result['cross_capture_mean_off_diagonal'])}",
+                     "slot j (variance captured)", "slot i (subspace)", labels)
+        plot_heatmap(result["cka_slots"], out / "cka_slots.png", "linear CKA between slots", "slot", "slot", labels)
+    if progress:
+        print(f"{out / 'analysis.json'}: {n_slots} slots, cross-capture off-diagonal {_fmt(result['cross_capture_mean_off_diagonal'])}, "
+              f"silhouette {_fmt(result['slot_silhouette'])}, effective rank {result['effective_rank']:.2f}")
+    return _write_analysis(out, result)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _off_diagonal_mean(matrix: list[list[float | None]]) -> float:
+    values = [v for i, row in enumerate(matrix) for j, v in enumerate(row) if i != j and v is not None]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _write_analysis(out: Path, result: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "analysis.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "analysis.json")  # analysis.json present == analysis finished (sweeps resume on it)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+REFERENCE_METHODS = ("no_cot", "cot")
+"""Methods without a latent budget: drawn as dashed horizontal reference lines in accuracy-vs-N_L plots."""
+
+
+def method_label(row: dict[str, Any]) -> str:
+    """coprocessor rows are named by their variant (coprocessor-liu/h1/h2); other methods by their name."""
+    name = row.get("method.name")
+    if name == "coprocessor":
+        return f"coprocessor-{row.get('method.coprocessor.variant')}"
+    return str(name)
+
+
+def latent_budget(row: dict[str, Any]) -> int:
+    """N_L of a configuration: method.n_latents, or loops - 1 for looped (the loops beyond the first,
+    the same convention as Generation.latent_slots); 0 for no_cot/cot."""
+    if row.get("method.name") == "looped":
+        return int(row.get("method.looped.loops") or 1) - 1
+    return int(row.get("method.n_latents") or 0)
+
+
+def _setting(row: dict[str, Any], branching_varies: set[str]) -> str:
+    task = str(row.get("task.name"))
+    return f"{task} b={row.get('task.branching')}" if task in branching_varies else task
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text.replace("=", "")).strip("_")
+
+
+def plot_accuracy(rows: list[dict[str, Any]], x: str, path: Path, title: str, xlabel: str, logx: bool = False,
+                  references: list[dict[str, Any]] | None = None) -> Path:
+    """Accuracy (mean +- 95% CI) vs `x`, one line per `label`; `references` rows become dashed lines."""
+    from latentreason.analysis.plots import _new_figure, _save
+
+    fig = _new_figure((6.5, 4.2))
+    ax = fig.add_subplot()
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        if row.get(x) is not None and row.get("accuracy_mean") is not None:
+            lines.setdefault(row["label"], []).append((float(row[x]), row["accuracy_mean"], row.get("accuracy_ci95") or 0.0))
+    for label, points in lines.items():
+        points.sort()
+        xs, ys, errs = zip(*points)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    for index, row in enumerate(references or []):
+        ax.axhline(row["accuracy_mean"], linestyle="--", color=f"C{(len(lines) + index) % 10}", label=f"{row['label']} (reference)")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
+    ax.grid(True, alpha=0.3)
+    if lines or references:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
 
 
 def write_report(sweep_dir: str | Path) -> str:
-    raise UserInputError("latentreason report is not implemented yet")
+    """SWEEP_DIR/report.md: aggregated table, plots under SWEEP_DIR/plots/, per-run latent-analysis summaries.
+
+    Plots per setting (task, plus branching when the sweep varies it): accuracy vs N_L per method (no_cot
+    and cot as dashed references), accuracy vs FLOPs per answer (log x); per task whose branching varies:
+    accuracy vs branching per method and N_L. Returns the report's path.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise UserInputError("no finished runs in this sweep (nothing with eval.json under runs/)", path=str(sweep_dir))
+    table = aggregate(rows)
+    for row in table:
+        row["label"], row["N_L"] = method_label(row), latent_budget(row)
+    branchings: dict[str, set] = {}
+    for row in table:
+        branchings.setdefault(str(row["task.name"]), set()).add(row.get("task.branching"))
+    branching_varies = {task for task, values in branchings.items() if len(values) > 1}
+    settings: dict[str, list[dict]] = {}
+    for row in table:
+        settings.setdefault(_setting(row, branching_varies), []).append(row)
+
+    plots_dir = sweep_dir / "plots"
+    figures: list[tuple[str, Path]] = []
+    for setting, members in settings.items():
+        latent = [r for r in members if r["method.name"] not in REFERENCE_METHODS]
+        references = [r for r in members if r["method.name"] in REFERENCE_METHODS]
+        if latent:
+            figures.append((f"{setting}: accuracy vs N_L", plot_accuracy(
+                latent, "N_L", plots_dir / f"accuracy_vs_nl_{_slug(setting)}.png", f"{setting}: accuracy vs latent budget",
+                "N_L (latent slots; looped: loops - 1)", references=references)))
+        flops = [r for r in members if r.get("flops_per_answer")]
+        if flops:
+            figures.append((f"{setting}: accuracy vs FLOPs", plot_accuracy(
+                flops, "flops_per_answer", plots_dir / f"accuracy_vs_flops_{_slug(setting)}.png",
+                f"{setting}: accuracy vs compute", "FLOPs per answer (log)", logx=True)))
+    for task in sorted(branching_varies):
+        members = [dict(r, label=r["label"] if r["method.name"] in REFERENCE_METHODS else f"{r['label']} N_L={r['N_L']}")
+                   for r in table if r["task.name"] == task]
+        figures.append((f"{task}: accuracy vs branching", plot_accuracy(
+            members, "task.branching", plots_dir / f"accuracy_vs_branching_{_slug(task)}.png",
+            f"{task}: accuracy vs branching factor", "branching factor")))
+
+    analyses = _analysis_rows(sweep_dir, rows)
+    if any(a.get("cross_capture_mean_off_diagonal") is not None for a in analyses):
+        by_config = _aggregate_analyses(analyses)
+        for setting in sorted({a["setting"] for a in by_config}):
+            members = [a for a in by_config if a["setting"] == setting]
+            path = plots_dir / f"cross_capture_vs_nl_{_slug(setting)}.png"
+            figures.append((f"{setting}: cross-capture vs N_L", _plot_cross_capture(members, path, setting)))
+
+    lines = [f"# Sweep report: {sweep_dir.name}", ""]
+    if (sweep_dir / "sweep.yaml").exists():
+        lines += [f"Sweep config: `{sweep_dir / 'sweep.yaml'}`. Cells finished: {len(rows)}; "
+                  f"configurations: {len(table)}; seeds per configuration: {sorted({r['seeds'] for r in table})}.", ""]
+    failed = sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/error.txt"))
+    if failed:
+        lines += [f"**Failed cells** (traceback in runs/NAME/error.txt): {', '.join(failed)}", ""]
+    lines += ["## Results", "",
+              "Accuracy: mean over seeds with a 95% CI half-width (Student t over seeds; with one seed, the half-width "
+              "of that run's Wilson interval over eval examples). FLOPs, forward passes and latency are per answer "
+              "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1.", ""]
+    lines += [_results_table(table, branching_varies), ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({path.relative_to(sweep_dir)})" for title, path in figures] + [""]
+    if analyses:
+        lines += ["## Latent analyses", "",
+                  "Per run (`latentreason analyze`, eval set): cross-capture H_ij = share of slot j's variance in slot i's "
+                  "principal subspace (high off-diagonal mean = slots share one subspace, i.e. poorly specialised); "
+                  "silhouette of latents labelled by slot (high = slots separable); effective rank of pooled latents; "
+                  "mean linear CKA between slots; Base vs Coprocessor: mean principal angle (degrees) between their "
+                  "subspaces and CKA between Z and the Base-side states.", ""]
+        lines += [_analysis_table(analyses), ""]
+    path = sweep_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> str:
+    def fmt_float(value: Any, digits: str = ".3g") -> str:
+        return "" if value is None else format(value, digits)
+
+    header = ["task", "method", "N_L", "seeds", "accuracy", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(table, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"])):
+        task = f"{row['task.name']} b={row['task.branching']}" if row["task.name"] in branching_varies else str(row["task.name"])
+        seconds = row.get("seconds_per_answer")
+        out.append("| " + " | ".join([
+            task, row["label"], str(row["N_L"]), str(row["seeds"]),
+            f"{row['accuracy_mean']:.3f} ± {row['accuracy_ci95']:.3f}",
+            fmt_float(row.get("params_total")), fmt_float(row.get("params_trainable")),
+            fmt_float(row.get("flops_per_answer")), fmt_float(row.get("forward_passes_per_answer"), ".1f"),
+            "" if seconds is None else f"{1000 * seconds:.2f}",
+        ]) + " |")
+    return "\n".join(out)
+
+
+def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per run that has analysis/analysis.json, with its configuration columns."""
+    by_run = {r["run"]: r for r in rows}
+    tasks_varying = {t for t in {r.get("task.name") for r in rows} if len({r.get("task.branching") for r in rows if r.get("task.name") == t}) > 1}
+    out = []
+    for path in sorted((sweep_dir / "runs").glob("*/analysis/analysis.json")):
+        run = path.parent.parent.name
+        data = json.loads(path.read_text())
+        row = by_run.get(run, {})
+        bvc = data.get("base_vs_coprocessor") or {}
+        out.append({
+            "run": run, "label": method_label(row) if row else data.get("method"), "N_L": latent_budget(row) if row else None,
+            "setting": _setting(row, tasks_varying) if row else "?", "accuracy": row.get("accuracy"),
+            "n_slots": data.get("n_slots"), "skipped": data.get("skipped"),
+            "cross_capture_mean_off_diagonal": data.get("cross_capture_mean_off_diagonal"),
+            "slot_silhouette": data.get("slot_silhouette"), "effective_rank": data.get("effective_rank"),
+            "cka_slots_mean_off_diagonal": data.get("cka_slots_mean_off_diagonal"),
+            "principal_angle_mean_deg": bvc.get("principal_angle_mean_deg"), "cka_base_coprocessor": bvc.get("cka"),
+        })
+    return out
+
+
+def _aggregate_analyses(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[float]] = {}
+    for a in analyses:
+        if a.get("cross_capture_mean_off_diagonal") is not None:
+            groups.setdefault((a["setting"], a["label"], a["N_L"]), []).append(a["cross_capture_mean_off_diagonal"])
+    return [{"setting": s, "label": label, "N_L": n, "cross_capture_mean_off_diagonal": statistics.fmean(v)} for (s, label, n), v in groups.items()]
+
+
+def _plot_cross_capture(rows: list[dict[str, Any]], path: Path, setting: str) -> Path:
+    from latentreason.analysis.plots import plot_lines
+
+    return plot_lines([{"N_L": r["N_L"], "mean off-diagonal H": r["cross_capture_mean_off_diagonal"], "method": r["label"]} for r in rows],
+                      "N_L", "mean off-diagonal H", "method", path, f"{setting}: cross-capture (mean over seeds)")
+
+
+def _analysis_table(analyses: list[dict[str, Any]]) -> str:
+    header = ["run", "method", "N_L", "accuracy", "slots", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots", "angle base/cop (deg)", "CKA base/cop"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fmt = lambda v, d=".3f": "" if v is None else format(v, d)  # noqa: E731
+    for a in analyses:
+        if a.get("skipped"):
+            out.append(f"| {a['run']} | {a['label']} | {a['N_L']} | {fmt(a['accuracy'])} | 0 | no latents | | | | | |")
+            continue
+        out.append("| " + " | ".join([
+            a["run"], str(a["label"]), str(a["N_L"]), fmt(a["accuracy"]), str(a["n_slots"]),
+            fmt(a["cross_capture_mean_off_diagonal"]), fmt(a["slot_silhouette"]), fmt(a["effective_rank"], ".2f"),
+            fmt(a["cka_slots_mean_off_diagonal"]), fmt(a["principal_angle_mean_deg"], ".1f"), fmt(a["cka_base_coprocessor"]),
+        ]) + " |")
+    return "\n".join(out)

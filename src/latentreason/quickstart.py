@@ -17,7 +17,7 @@ QUICKSTART_SWEEP = {
     "base": {
         "model": {"backbone": "gpt2-tiny", "n_layer": 2, "n_embd": 128, "n_head": 4, "tokenizer_vocab_size": 512},
         "task": {"name": "prosqa", "train_size": 2000, "eval_size": 200, "params": {"n_nodes": 10, "min_depth": 2, "max_depth": 3}},
-        "train": {"epochs": 5, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20},
+        "train": {"epochs": 10, "batch_size": 32, "lr": 3e-3, "warmup_steps": 20},
         "eval": {"batch_size": 100, "max_new_tokens": 48},
     },
     "grid": {"method.name": ["no_cot", "cot"]},

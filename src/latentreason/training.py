@@ -30,7 +30,7 @@ from latentreason.data import load_splits
 from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate
 from latentreason.methods import LatentMethod, build_method
-from latentreason.tasks import Example, Task, get_task
+from latentreason.tasks import Task, get_task
 from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer
 
 

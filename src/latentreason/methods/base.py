@@ -22,7 +22,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from latentreason.backbones import Backbone, ModelDims, count_parameters, embed_tokens, forward_flops, lm_forward, new_cache
 from latentreason.config import MethodConfig
-from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, special_ids
+from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad, special_ids
 
 
 @dataclass
@@ -179,6 +179,15 @@ class LatentMethod(nn.Module):
             self.model_step(cache), self.embed, logits, attention_mask, position_ids[:, -1] + 1,
             max_new_tokens, self.ids["eos"],
         )
+
+    def question_answer_batch(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        """Left-padded questions (so latent slots after them align across rows) and right-padded answers
+        with their labels: the training batch of every method that supervises the answer only."""
+        question_ids, question_mask = left_pad([e.question_ids for e in examples], self.ids["pad"])
+        answer_ids, answer_mask = right_pad([e.answer_ids for e in examples], self.ids["pad"])
+        labels = torch.where(answer_mask.bool(), answer_ids, torch.full_like(answer_ids, -100))
+        return {"question_ids": question_ids, "question_mask": question_mask, "answer_ids": answer_ids,
+                "answer_mask": answer_mask, "answer_labels": labels}
 
     def left_padded_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = left_pad(prompts, self.ids["pad"])

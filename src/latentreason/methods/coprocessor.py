@@ -40,7 +40,7 @@ from latentreason.backbones import Backbone, ModelDims, count_parameters, forwar
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.methods.base import Generation, LatentMethod, decode_flops
-from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
+from latentreason.tokenization import EncodedExample, positions_from_mask
 
 VARIANTS = ("liu", "h1", "h2")
 INITS = ("base", "fresh")
@@ -173,11 +173,7 @@ class Coprocessor(LatentMethod):
     # --- training --------------------------------------------------------------------------------------
     def collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Left-padded questions (latent slots align across rows) and right-padded answers; no CoT steps."""
-        question_ids, question_mask = left_pad([e.question_ids for e in examples], self.ids["pad"])
-        answer_ids, answer_mask = right_pad([e.answer_ids for e in examples], self.ids["pad"])
-        labels = torch.where(answer_mask.bool(), answer_ids, torch.full_like(answer_ids, -100))
-        return {"question_ids": question_ids, "question_mask": question_mask, "answer_ids": answer_ids,
-                "answer_mask": answer_mask, "answer_labels": labels}
+        return self.question_answer_batch(examples)
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, A, V] predicting each answer token (teacher forcing through the three passes)."""

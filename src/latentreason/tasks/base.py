@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,6 +46,30 @@ class Task:
     def score(self, generated: str, example: Example) -> bool:
         """True when the generated text's answer is correct. Never raises on malformed output."""
         raise NotImplementedError
+
+
+def read_text(path: str, what: str) -> str:
+    """A data file's text, or a UserInputError naming the file (missing, unreadable, not UTF-8)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except OSError as error:
+        raise UserInputError(f"cannot read {what} data: {error.strerror}", path=path) from error
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"not UTF-8 text: {error.reason}", path=path) from error
+
+
+def parse_json_list(text: str, path: str, expected: str) -> list:
+    """A non-empty JSON list; malformed JSON is reported with its line, anything else with what was expected."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"malformed JSON: {error.msg} (column {error.colno})", path=path, line=error.lineno) from error
+    if not isinstance(records, list):
+        raise UserInputError(f"expected a JSON list of {expected} records", path=path)
+    if not records:
+        raise UserInputError("empty dataset: expected at least one record", path=path)
+    return records
 
 
 ANSWER_MARKER = "### "

@@ -18,7 +18,6 @@ Formats of one example:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import zlib
@@ -28,7 +27,7 @@ from fractions import Fraction
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, register_task
+from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
 
 NUMBER_MIN, NUMBER_MAX = 1, 99
 """Input numbers are drawn uniformly from this inclusive range (Stream of Search)."""
@@ -416,19 +415,7 @@ class CountdownTask(Task):
     def load(self, path: str) -> list[Example]:
         """Read a JSON list of {"numbers": [...], "target": int} records (steps/answer optional,
         recomputed by the solver when absent)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserInputError(f"cannot read countdown data: {e.strerror}", path=path) from e
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserInputError(f"malformed JSON: {e.msg}", path=path, line=e.lineno) from e
-        if not isinstance(records, list):
-            raise UserInputError("expected a JSON list of {numbers, target} records", path=path)
-        if not records:
-            raise UserInputError("empty dataset: expected at least one record", path=path)
+        records = parse_json_list(read_text(path, "countdown"), path, "{numbers, target}")
         examples = []
         for i, rec in enumerate(records):
             where = f"record {i}"

@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, register_task
+from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
 
 ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
 """A calculator annotation such as ``<<16-3-4=9>>``."""
@@ -97,13 +97,7 @@ def _load_jsonl(text: str, path: str) -> list[Example]:
 
 
 def _load_json_list(text: str, path: str) -> list[Example]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path,
-                             line=e.lineno) from e
-    if not isinstance(records, list):
-        raise UserInputError("expected a JSON list of {question, steps, answer} records", path=path)
+    records = parse_json_list(text, path, "{question, steps, answer}")
     examples = []
     for i, rec in enumerate(records):
         where = f"record {i}: "
@@ -138,13 +132,7 @@ class GSM8KTask(Task):
 
     def load(self, path: str) -> list[Example]:
         """Read the official jsonl or a Coconut-style JSON list (see the module docstring)."""
-        try:
-            with open(path, encoding="utf-8-sig") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserInputError(f"cannot read GSM8K data: {e.strerror}", path=path) from e
-        except UnicodeDecodeError as e:
-            raise UserInputError(f"not UTF-8 text: {e.reason}", path=path) from e
+        text = read_text(path, "GSM8K")
         if not text.strip():
             raise UserInputError("empty dataset: the file has no records", path=path)
         lower = path.lower()

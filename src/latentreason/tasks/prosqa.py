@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, register_task
+from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
 
 FIELDS: dict[str, str] = {
     "question": "a string",
@@ -309,20 +309,7 @@ class ProsQATask(Task):
 
     def load(self, path: str) -> list[Example]:
         """Read a JSON list of records in the released schema, validating every record."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UserInputError(f"cannot read ProsQA data: {e.strerror}", path=path) from e
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserInputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path,
-                                 line=e.lineno) from e
-        if not isinstance(records, list):
-            raise UserInputError("expected a JSON list of ProsQA records", path=path)
-        if not records:
-            raise UserInputError("empty dataset: expected at least one record", path=path)
+        records = parse_json_list(read_text(path, "ProsQA"), path, "ProsQA")
         examples = []
         for i, rec in enumerate(records):
             validate_record(rec, i, path)

@@ -1,0 +1,98 @@
+"""Collect latent vectors from a finished run: rebuild its method, load its weights, trace the eval set.
+
+    run = load_finished_run(run_dir, overrides)            # Run with model.pt loaded, eval mode
+    z = collect_latents(run.method, run.eval_set, 64)      # [n, N_L, d] from method.trace
+    b = base_side_states(run.method, run.eval_set, 64)     # [n, L, d] for Base + Coprocessor methods
+
+What a method's latents are is the method's own `trace()`: soft_tokens' last-layer states at the soft slots,
+Coconut's continuous thoughts, the Coprocessor's Z, the looped model's per-loop states at the last
+question position (one "slot" per loop).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from latentreason.backbones import lm_forward
+from latentreason.config import RunConfig, deep_merge, from_dict, read_yaml
+from latentreason.errors import UserInputError
+from latentreason.methods.base import LatentMethod
+from latentreason.tokenization import EncodedExample, positions_from_mask
+
+PRE_NORM_TRACES = {"looped"}
+"""Methods whose trace() returns raw residual states (the final norm not applied yet). Every other method
+traces HF `hidden_states[-1]` / `last_hidden_state`, which already went through the final norm, so the
+logit lens must not normalise them a second time."""
+
+
+def load_finished_run(run_dir: str | Path, overrides: dict[str, Any] | None = None, device: str | None = None):
+    """The run's Run (task, method, data) rebuilt from config.yaml + tokenizer/, with model.pt loaded.
+
+    `overrides` (a nested dict) change the config as in `latentreason eval`, e.g. a larger eval set.
+    """
+    from latentreason.training import build_run, load_weights
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
+    if not (run_dir / "model.pt").exists():
+        raise UserInputError("this run has no final weights (model.pt); did it finish?", path=str(run_dir))
+    cfg = from_dict(RunConfig, deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {}))
+    cfg.train.init_from = None  # model.pt holds every weight; the init run may be gone
+    run = build_run(cfg, run_dir)
+    load_weights(run.method, run_dir / "model.pt")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run.method.to(device).eval()
+    return run
+
+
+def _batches(examples: Sequence[EncodedExample], batch_size: int, desc: str, progress: bool):
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        yield list(examples[start: start + batch_size])
+
+
+@torch.no_grad()
+def collect_latents(method: LatentMethod, examples: Sequence[EncodedExample], batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """`method.trace` over `examples` in batches: float32 CPU tensor [n, N_L, d] (N_L may be 0)."""
+    parts = [method.trace(chunk).float().cpu() for chunk in _batches(examples, batch_size, f"trace {method.name}", progress)]
+    return torch.cat(parts, 0) if parts else torch.zeros(0, 0, method.dims.d_model)
+
+
+def has_base_and_coprocessor(method: LatentMethod) -> bool:
+    return {"base", "coprocessor"} <= set(method.latent_models())
+
+
+@torch.no_grad()
+def base_side_states(method: LatentMethod, examples: Sequence[EncodedExample], batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """The Base's last-layer (final-normed) hidden states where it reads the Coprocessor's latents, [n, L, d].
+
+    This is the Base-side counterpart of Z for the Base-vs-Coprocessor comparisons:
+      - embeddings injection (liu, h2 default): L = N_L, the Base's states at the latent slots, whose inputs
+        are Z (slot i of this tensor is the Base's reading of latent i);
+      - kv injection (h1, h2 kv): the Base has no state at a latent slot (it only attends to the latents'
+        K/V), so L = 1, its state at the `<eot>` read position, the first one computed after the latents.
+    Both come from the same passes as generation (question cache, Coprocessor, Base lead-in).
+    """
+    parts = []
+    for chunk in _batches(examples, batch_size, "trace base", progress):
+        question_ids, question_mask = method.left_padded_prompts([e.question_ids for e in chunk])
+        cache = method.question_cache(question_ids, question_mask)
+        z, coprocessor_cache = method.latents(cache, question_mask)
+        lead, mask = method.lead_in(question_mask, cache, z, coprocessor_cache)
+        positions = positions_from_mask(mask)[:, -lead.shape[1]:]
+        out = lm_forward(method.model, lead, mask, positions, cache, output_hidden_states=True)
+        parts.append(out.hidden_states[-1].float().cpu())
+    return torch.cat(parts, 0)
+
+
+def filled_rows(latents: torch.Tensor) -> torch.Tensor:
+    """Bool [n]: examples whose every slot holds a latent. Coconut pads rows with fewer thoughts than N_L
+    with zeros; those zeros are not latents and would fake a shared point across slots."""
+    if latents.shape[1] == 0:
+        return torch.ones(latents.shape[0], dtype=torch.bool)
+    return ~(latents.abs().sum(-1) == 0).any(-1)

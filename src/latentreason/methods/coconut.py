@@ -1,0 +1,228 @@
+"""Coconut: chain of continuous thought (Hao et al. 2024), with its step-replacement curriculum.
+
+Sequence of one example at curriculum stage s:
+
+    question <bot> [latent] x k <eot> steps[r:] answer
+
+where the first r = min(s, #steps) reasoning steps are removed and k = r*c latent slots take their place
+(c = thoughts_per_step; with `pad_latent_to_max` k = s*c even when fewer steps exist, as in the
+reference repo's option). The input embedding of a latent slot is the last-layer hidden state at the
+position before it, so k latents need k+1 sequential passes. All passes share ONE growing DynamicCache.
+
+Batched layout (columns), which makes every pass a plain slice of one padded tensor:
+
+    [0, L0)         question + <bot>, LEFT-padded: every row's <bot> is at column L0-1
+    [L0, L0+K)      latent slot j at column L0+j; a row with k_i < K latents has K-k_i masked "holes"
+                    (attention_mask 0, skipped by position ids) after its latents
+    [L0+K, T)       <eot> + remaining steps + answer, right-padded
+
+Passes: 0 runs [0, L0); pass j (1 <= j < K) runs column L0+j-1; the final pass runs [L0+K-1, T). The
+first column of each pass after the first is filled out of place with
+`torch.where(row_has_latent, previous_last_hidden, token_embedding)`, so no sequence is rebuilt per token.
+
+Latent budget N_L (`method.n_latents`): the number of latent slots at the final stage. When N_L > 0 it
+overrides the stage count: max_latent_stage = N_L / c (N_L must be a multiple of c). With
+`coconut.fixed_latents` the curriculum is skipped: always N_L latents and no steps.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from latentreason.backbones import Backbone, forward_flops, lm_forward, new_cache
+from latentreason.config import MethodConfig
+from latentreason.errors import UserInputError
+from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, decode_flops, greedy_decode
+from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
+
+
+@dataclass
+class Plan:
+    """How one example is laid out at its stage."""
+
+    n_latents: int
+    """k: latent slots after <bot>."""
+    n_removed: int
+    """Reasoning steps replaced by the latents (the rest stay as text)."""
+
+
+@dataclass
+class ContinuousOutput:
+    """Result of the multi-pass forward over a Coconut batch."""
+
+    logits: list[torch.Tensor]
+    """Logits of each pass, in column order (concatenate along dim 1 for the full [B, T, V])."""
+    thoughts: torch.Tensor
+    """[B, K, d] inputs placed in the latent slots (token embeddings at holes)."""
+    cache: DynamicCache
+    passes: int
+
+
+class Coconut(LatentMethod):
+    """Continuous thought: last hidden states fed back as the next inputs between <bot> and <eot>."""
+
+    name = "coconut"
+
+    def __init__(self, backbone: Backbone, config: MethodConfig):
+        super().__init__(backbone, config)
+        cc = config.coconut
+        self.c = cc.thoughts_per_step
+        if self.c < 1 or cc.epochs_per_stage < 1:
+            raise UserInputError("method.coconut.thoughts_per_step and epochs_per_stage must be >= 1")
+        if config.n_latents < 0:
+            raise UserInputError(f"method.n_latents={config.n_latents}; expected >= 0")
+        if config.n_latents > 0 and not cc.fixed_latents:
+            if config.n_latents % self.c:
+                raise UserInputError(
+                    f"method.n_latents={config.n_latents} must be a multiple of coconut.thoughts_per_step={self.c} "
+                    "(N_L = max_latent_stage * c at the final stage)"
+                )
+            self.max_stage = config.n_latents // self.c
+        else:
+            self.max_stage = cc.max_latent_stage
+        self.n_latents = config.n_latents if cc.fixed_latents else self.max_stage * self.c
+        """Latent slots at the final stage (an upper bound per example unless pad_latent_to_max/fixed)."""
+        self.stage = 0
+
+    # --- curriculum -------------------------------------------------------------------------------------
+    def stage_at(self, epoch: int) -> int:
+        return min(epoch // self.config.coconut.epochs_per_stage, self.max_stage)
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Enter the stage of `epoch`; True exactly when `epoch` starts a new stage.
+
+        Depends only on `epoch` (not on the previous call), so a resumed run makes the same decision.
+        """
+        self.stage = self.stage_at(epoch)
+        if self.config.coconut.fixed_latents:
+            return False
+        return epoch > 0 and self.stage != self.stage_at(epoch - 1)
+
+    def plan(self, example: EncodedExample, stage: int) -> Plan:
+        """Latent count and removed steps for `example` at curriculum `stage`."""
+        cc = self.config.coconut
+        if cc.fixed_latents:
+            return Plan(self.config.n_latents, len(example.step_ids))
+        removed = min(stage, len(example.step_ids))
+        return Plan((stage if cc.pad_latent_to_max else removed) * self.c, removed)
+
+    def training_stage(self) -> int:
+        """The stage of one training example: the current one, or with prob mix_prob a random lower one."""
+        mix = self.config.coconut.mix_prob
+        if self.stage > 0 and mix > 0 and random.random() < mix:  # global RNG: seeded and checkpointed by the loop
+            return random.randrange(self.stage)
+        return self.stage
+
+    # --- layout -----------------------------------------------------------------------------------------
+    def layout(self, examples: Sequence[EncodedExample], plans: Sequence[Plan], with_targets: bool = True) -> dict[str, Any]:
+        """The three-part batch described in the module docstring.
+
+        With `with_targets` the right part holds <eot> + remaining steps + answer (labels on steps + answer);
+        without, only <eot> (the generation prompt, so every row ends at the same column).
+        """
+        pad, width = self.ids["pad"], max([p.n_latents for p in plans], default=0)
+        left_ids, left_mask = left_pad([e.question_ids + [self.ids["<bot>"]] for e in examples], pad)
+        slot_mask = torch.tensor([[j < p.n_latents for j in range(width)] for p in plans], dtype=torch.bool).view(len(plans), width)
+        slot_ids = torch.where(slot_mask, self.ids["<latent>"], pad)
+        targets = [
+            [t for step in e.step_ids[p.n_removed:] for t in step] + e.answer_ids if with_targets else []
+            for e, p in zip(examples, plans)
+        ]
+        right_ids, right_mask = right_pad([[self.ids["<eot>"]] + t for t in targets], pad)
+        labels = torch.full_like(right_ids, -100)
+        for row, target in enumerate(targets):
+            labels[row, 1: 1 + len(target)] = torch.tensor(target, dtype=torch.long)
+        ids = torch.cat([left_ids, slot_ids, right_ids], 1)
+        mask = torch.cat([left_mask, slot_mask.long(), right_mask], 1)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions_from_mask(mask),
+            "labels": torch.cat([torch.full((len(plans), left_ids.shape[1] + width), -100, dtype=torch.long), labels], 1),
+            "latent_mask": slot_mask,
+            "latent_start": left_ids.shape[1],
+        }
+
+    def collate(self, examples: Sequence[EncodedExample]) -> dict[str, Any]:
+        stage = lambda: self.training_stage() if self.training else self.stage  # noqa: E731
+        return self.layout(examples, [self.plan(e, stage()) for e in examples])
+
+    def eval_plans(self, examples: Sequence[EncodedExample]) -> list[Plan]:
+        """Evaluation always uses the final stage's latents (or the fixed N_L)."""
+        return [self.plan(e, self.max_stage) for e in examples]
+
+    # --- the multi-pass forward -------------------------------------------------------------------------
+    def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None) -> ContinuousOutput:
+        """K+1 sequential passes over one growing cache; returns every pass's logits and the thoughts."""
+        embeds = self.embed(batch["input_ids"])
+        mask, positions, has_latent = batch["attention_mask"], batch["position_ids"], batch["latent_mask"]
+        start, width = batch["latent_start"], has_latent.shape[1]
+        cache = cache if cache is not None else new_cache(self.model)
+        if width == 0:  # no latent in any row (stage 0): one ordinary pass
+            logits = lm_forward(self.model, embeds, mask, positions, cache).logits
+            return ContinuousOutput([logits], embeds[:, start:start], cache, 1)
+        bounds = [(0, start)] + [(start + j, start + j + 1) for j in range(width - 1)] + [(start + width - 1, embeds.shape[1])]
+        logits_parts: list[torch.Tensor] = []
+        thoughts: list[torch.Tensor] = []
+        hidden = None
+        for index, (lo, hi) in enumerate(bounds):
+            x = embeds[:, lo:hi]
+            if hidden is not None:
+                # Column lo is latent slot index-1: the previous pass's last hidden state where the row has
+                # that latent, the (masked) hole's token embedding otherwise. Out of place, autograd-friendly.
+                thought = torch.where(has_latent[:, index - 1, None], hidden.to(x.dtype), x[:, 0])
+                thoughts.append(thought)
+                x = torch.cat([thought.unsqueeze(1), x[:, 1:]], 1)
+            last = index == len(bounds) - 1
+            out = lm_forward(self.model, x, mask[:, :hi], positions[:, lo:hi], cache, output_hidden_states=not last)
+            logits_parts.append(out.logits)
+            if not last:
+                hidden = out.hidden_states[-1][:, -1]
+        return ContinuousOutput(logits_parts, torch.stack(thoughts, 1), cache, len(bounds))
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = self.continuous_forward(batch)
+        final = out.logits[-1]  # labels start after <eot>, which the final pass covers
+        return causal_lm_loss(final, batch["labels"][:, -final.shape[1]:])
+
+    # --- inference --------------------------------------------------------------------------------------
+    def prompt_batch(self, examples: Sequence[EncodedExample]) -> tuple[dict[str, Any], list[Plan]]:
+        plans = self.eval_plans(examples)
+        batch = self.layout(examples, plans, with_targets=False)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}, plans
+
+    @torch.no_grad()
+    def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:
+        """Continuous thoughts, then batched cached greedy decoding of the remaining steps + answer."""
+        batch, plans = self.prompt_batch(examples)
+        out = self.continuous_forward(batch)
+        positions = batch["position_ids"][:, -1] + 1
+        tokens, calls = greedy_decode(
+            self.model_step(out.cache), self.embed, out.logits[-1][:, -1], batch["attention_mask"], positions,
+            max_new_tokens, self.ids["eos"],
+        )
+        passes, flops = [], []
+        for example, plan, n_calls in zip(examples, plans, calls):
+            # What this answer needs on its own: k+1 prefix passes (holes are batching overhead, not counted).
+            # The prefix passes sum to one causal pass over question, <bot>, k latents, <eot>; only the last
+            # pass's logits are used (latent passes need only hidden states).
+            prompt = len(example.question_ids) + plan.n_latents + 2
+            passes.append(plan.n_latents + 1 + n_calls)
+            flops.append(forward_flops(self.dims, prompt, 0, 1) + decode_flops(self.dims, prompt, n_calls))
+        return Generation(tokens, passes, [p.n_latents for p in plans], flops, {"batch_prefix_passes": out.passes})
+
+    @torch.no_grad()
+    def trace(self, examples: Sequence[EncodedExample]) -> torch.Tensor:
+        """The continuous thoughts fed back as inputs, [B, N_L, d]; zeros where a row has fewer latents."""
+        batch, _ = self.prompt_batch(examples)
+        thoughts = self.continuous_forward(batch).thoughts
+        thoughts = thoughts * batch["latent_mask"].unsqueeze(-1).to(thoughts.dtype)
+        if thoughts.shape[1] < self.n_latents:  # pad the slot axis to N_L so traces of a run stack
+            pad = thoughts.new_zeros(thoughts.shape[0], self.n_latents - thoughts.shape[1], thoughts.shape[2])
+            thoughts = torch.cat([thoughts, pad], 1)
+        return thoughts.float().cpu()

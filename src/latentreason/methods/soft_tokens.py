@@ -1,0 +1,87 @@
+"""Unified soft-embedding baseline: N_L trainable input embeddings, one forward pass, jointly trained.
+
+Layout of one training row (question left-padded, so the soft slots sit at the same columns in every row):
+
+    after_question:  pad .. pad | question | z_1 .. z_N_L | answer pad ..
+    prefix:          z_1 .. z_N_L | pad .. pad | question | answer pad ..
+
+The soft slots are `nn.Parameter` vectors shared by every example (no per-example computation feeds them),
+so the whole sequence is one forward pass; the loss covers the answer tokens only (no CoT steps).
+With N_L = 0 this is exactly No-CoT (same loss, same generations; see tests/test_soft_tokens.py).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from latentreason.backbones import Backbone, forward_flops, lm_forward
+from latentreason.config import MethodConfig
+from latentreason.errors import UserInputError
+from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, decode_flops
+from latentreason.tokenization import EncodedExample, positions_from_mask
+
+PLACEMENTS = ("after_question", "prefix")
+
+
+class SoftTokens(LatentMethod):
+    """N_L trainable soft embeddings placed after the question (or before it) and trained with the model."""
+
+    name = "soft_tokens"
+
+    def __init__(self, backbone: Backbone, config: MethodConfig):
+        super().__init__(backbone, config)
+        if config.placement not in PLACEMENTS:
+            raise UserInputError(f"method.placement={config.placement!r}; expected one of {list(PLACEMENTS)}")
+        if config.n_latents < 0:
+            raise UserInputError(f"method.n_latents={config.n_latents}; expected >= 0")
+        self.n_latents = config.n_latents
+        self.placement = config.placement
+        # Same scale as the token embedding table, so the soft slots start "in distribution".
+        scale = float(self.model.get_input_embeddings().weight.detach().float().std())
+        self.latents = nn.Parameter(torch.randn(self.n_latents, self.dims.d_model) * scale)
+
+    # --- layout -----------------------------------------------------------------------------------------
+    def prefix(self, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """Embeddings [B, P, d] and mask [B, P] of question + soft slots, and the slots' column range."""
+        ids, mask = self.left_padded_prompts([e.question_ids for e in examples])
+        return self._with_latents(self.embed(ids), mask)
+
+    def _with_latents(self, question_embeds: torch.Tensor, question_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        batch, length = question_mask.shape
+        soft = self.latents.to(question_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        ones = torch.ones(batch, self.n_latents, dtype=question_mask.dtype, device=question_mask.device)
+        if self.placement == "prefix":
+            return torch.cat([soft, question_embeds], 1), torch.cat([ones, question_mask], 1), slice(0, self.n_latents)
+        return torch.cat([question_embeds, soft], 1), torch.cat([question_mask, ones], 1), slice(length, length + self.n_latents)
+
+    # --- training ---------------------------------------------------------------------------------------
+    def collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        """Left-padded questions and right-padded answers; the soft slots are inserted in `loss`."""
+        return self.question_answer_batch(examples)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        prefix_embeds, prefix_mask, _ = self._with_latents(self.embed(batch["question_ids"]), batch["question_mask"])
+        embeds = torch.cat([prefix_embeds, self.embed(batch["answer_ids"])], 1)
+        mask = torch.cat([prefix_mask, batch["answer_mask"]], 1)
+        labels = torch.cat([torch.full_like(prefix_mask, -100), batch["answer_labels"]], 1)
+        logits = lm_forward(self.model, embeds, mask, positions_from_mask(mask)).logits
+        return causal_lm_loss(logits, labels)
+
+    # --- inference --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:
+        embeds, mask, _ = self.prefix(examples)
+        tokens, calls = self.decode_after_prefix(embeds, mask, max_new_tokens)
+        prompt = [len(e.question_ids) + self.n_latents for e in examples]
+        flops = [forward_flops(self.dims, p, 0, 1) + decode_flops(self.dims, p, c) for p, c in zip(prompt, calls)]
+        return Generation(tokens, [1 + c for c in calls], [self.n_latents] * len(examples), flops)
+
+    @torch.no_grad()
+    def trace(self, examples: Sequence[EncodedExample]) -> torch.Tensor:
+        """Last-layer hidden states at the soft slots, [B, N_L, d] (what the answer reads from them)."""
+        embeds, mask, slots = self.prefix(examples)
+        out = lm_forward(self.model, embeds, mask, positions_from_mask(mask), output_hidden_states=True)
+        return out.hidden_states[-1][:, slots].float().cpu()

@@ -1,0 +1,256 @@
+"""Sweeps (expansion, cell references, resume), aggregation math, latent analyses of finished runs, reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from latentreason import experiments
+from latentreason.config import RunConfig, from_dict, save_config
+from latentreason.errors import UserInputError
+from latentreason.experiments import SweepConfig, aggregate, cell_config, cell_name, expand, run_sweep
+
+TINY = {
+    "model": {"backbone": "gpt2-tiny", "n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
+    "task": {"name": "countdown", "branching": 3, "train_size": 16, "eval_size": 8},
+    "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "lr": 3e-3},
+    "eval": {"batch_size": 8, "max_new_tokens": 8},
+}
+
+
+def sweep_of(groups, grid=None, out="/tmp/sweep") -> SweepConfig:
+    return SweepConfig(out_dir=out, base={}, grid=grid or {}, groups=groups)
+
+
+# ----------------------------------------------------------------------------- expansion and references
+
+
+def test_expand_union_of_groups_with_shared_grid_and_no_duplicates() -> None:
+    sweep = sweep_of(
+        [{"method.name": ["cot", "no_cot"]}, {"method.name": ["soft_tokens"], "method.n_latents": [2, 4]}, {"method.name": ["cot"]}],
+        grid={"train.seed": [0, 1]},
+    )
+    cells = expand(sweep)
+    assert len(cells) == 2 * 2 + 2 * 2  # the repeated cot group adds nothing
+    assert cells[0] == {"method.name": "cot", "train.seed": 0}
+    assert {"method.name": "soft_tokens", "method.n_latents": 4, "train.seed": 1} in cells
+    assert len({cell_name(c) for c in cells}) == len(cells)
+
+
+def test_cell_reference_resolves_to_the_matching_cell_with_the_same_seed_and_task() -> None:
+    sweep = sweep_of(
+        [
+            {"task.name": ["countdown"], "method.name": ["cot"]},
+            {"task.name": ["prosqa"], "method.name": ["cot"]},
+            {"task.name": ["countdown", "prosqa"], "method.name": ["coconut"], "method.n_latents": [2, 4],
+             "train.init_from": ["{cell:method.name=cot}"]},
+        ],
+        grid={"train.seed": [0, 1]},
+        out="/tmp/sw",
+    )
+    cells = expand(sweep)
+    cell = {"task.name": "prosqa", "method.name": "coconut", "method.n_latents": 4, "train.init_from": "{cell:method.name=cot}", "train.seed": 1}
+    cfg, dependencies = cell_config(sweep, cell, cells)
+    assert dependencies == [{"task.name": "prosqa", "method.name": "cot", "train.seed": 1}]
+    assert cfg.train.init_from == str(Path("/tmp/sw/runs") / cell_name(dependencies[0]))
+    assert cfg.out_dir == str(Path("/tmp/sw/runs") / "prosqa_coconut_nlatents-4_seed-1")  # the reference is not in the name
+    assert cfg.method.n_latents == 4 and cfg.task.name == "prosqa"
+
+    bad = {**cell, "train.init_from": "{cell:method.name=looped}"}
+    with pytest.raises(UserInputError, match="matches no cell"):
+        cell_config(sweep, bad, cells)
+
+
+def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
+    """Every cell of the shipped replication sweeps builds a valid RunConfig and its references resolve."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("replication_cpu.yaml", "replication_gpu.yaml", "replication_cpu_smoke.yaml"):
+        sweep = experiments.read_sweep(root / name)
+        cells = expand(sweep)
+        names = {cell_name(c) for c in cells}
+        assert len(names) == len(cells), name
+        for cell in cells:
+            cfg, dependencies = cell_config(sweep, cell, cells)
+            if cfg.method.name == "coconut":
+                assert [d["method.name"] for d in dependencies] == ["cot"]
+            if cfg.method.name == "coprocessor" and cfg.method.coprocessor.variant in ("liu", "h1", "h2"):
+                assert [d["method.name"] for d in dependencies] == ["no_cot"]
+            for dependency in dependencies:
+                assert dependency.get("train.seed") == cell.get("train.seed") and dependency["task.name"] == cell["task.name"]
+                assert dependency.get("task.branching") == cell.get("task.branching")
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def fake_train_factory(calls: list[str]):
+    def fake_train(cfg: RunConfig, progress: bool = True):
+        calls.append(cfg.out_dir)
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        accuracy = 0.25 + 0.5 * (cfg.method.name == "cot") + 0.1 * cfg.train.seed
+        summary = {"accuracy": accuracy, "accuracy_ci95": [accuracy - 0.1, accuracy + 0.1], "n": 10, "flops_per_answer": 1e6,
+                   "forward_passes_per_answer": 3.0, "seconds_per_answer": 0.01, "params_total": 100, "params_trainable": 100}
+        (out / "eval.json").write_text(json.dumps(summary))
+        (out / "done.json").write_text(json.dumps({"train_seconds": 1.0}))
+        return summary
+
+    return fake_train
+
+
+def test_second_sweep_skips_finished_cells_and_resumes_analyses(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    analyzed: list[str] = []
+    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
+
+    def fake_analyze(run_dir, overrides=None, progress=True):
+        analyzed.append(Path(run_dir).name)
+        return experiments._write_analysis(Path(run_dir) / "analysis", {"n_slots": 0, "skipped": "test"})
+
+    monkeypatch.setattr(experiments, "analyze_run", fake_analyze)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"out_dir: {tmp_path / 'out'}\n"
+        "base: {task: {name: countdown}}\n"
+        "grid: {train.seed: [0, 1]}\n"
+        "groups:\n"
+        "  - {method.name: [cot, no_cot]}\n"
+        "  - {method.name: [coconut], method.n_latents: [2], train.init_from: ['{cell:method.name=cot}']}\n"
+    )
+    rows = run_sweep(path, progress=False)
+    assert len(calls) == 6 and len(rows) == 6 and analyzed == []
+    # The dependency ran before the cell that needs it.
+    assert calls.index(str(tmp_path / "out/runs/cot_seed-0")) < calls.index(str(tmp_path / "out/runs/coconut_nlatents-2_seed-0"))
+    assert (tmp_path / "out/table.md").exists() and (tmp_path / "out/table.csv").exists()
+
+    rows = run_sweep(path, progress=False)
+    assert len(calls) == 6 and len(rows) == 6  # nothing retrained
+
+    rows = run_sweep(path, ["analyze=true"], progress=False)  # finished cells still get their analyses
+    assert len(calls) == 6 and len(analyzed) == 6
+    run_sweep(path, ["analyze=true"], progress=False)
+    assert len(analyzed) == 6
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_mean_and_student_t_interval_over_seeds() -> None:
+    base = {"task.name": "prosqa", "task.branching": 4, "method.name": "cot", "method.n_latents": 0,
+            "method.coprocessor.variant": "liu", "method.looped.loops": 4, "flops_per_answer": 10.0}
+    rows = [dict(base, accuracy=a, accuracy_ci95=[0, 1], flops_per_answer=f) for a, f in ((0.5, 10.0), (0.7, 20.0), (0.9, 30.0))]
+    rows.append(dict(base, **{"method.name": "no_cot"}, accuracy=0.4, accuracy_ci95=[0.3, 0.6]))
+    table = {r["method.name"]: r for r in aggregate(rows)}
+    cot = table["cot"]
+    assert cot["seeds"] == 3
+    assert cot["accuracy_mean"] == pytest.approx(0.7)
+    assert cot["accuracy_ci95"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))  # sd of (0.5, 0.7, 0.9) is 0.2
+    assert cot["flops_per_answer"] == pytest.approx(20.0)
+    # One seed: half the width of that run's own (Wilson) interval.
+    assert table["no_cot"]["seeds"] == 1 and table["no_cot"]["accuracy_ci95"] == pytest.approx(0.15)
+
+
+# ----------------------------------------------------------------------------- analyses of real tiny runs
+
+
+def tiny_run(out: Path, method: dict) -> Path:
+    from latentreason.training import train
+
+    cfg = from_dict(RunConfig, {**TINY, "out_dir": str(out), "method": method})
+    train(cfg, progress=False)
+    return out
+
+
+def test_analyze_cot_run_has_nothing_to_analyze(tmp_path: Path, capsys) -> None:
+    run = tiny_run(tmp_path / "cot", {"name": "cot"})
+    result = experiments.analyze_run(run, progress=False)
+    assert result["n_slots"] == 0 and "nothing to analyze" in result["skipped"]
+    assert "nothing to analyze" in capsys.readouterr().out
+    assert json.loads((run / "analysis/analysis.json").read_text())["n_slots"] == 0
+    with pytest.raises(UserInputError, match="unknown analysis option"):
+        experiments.analyze_run(run, ["analysis.bogus=1"], progress=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("latentreason.methods.soft_tokens") is None, reason="soft_tokens module not written yet")
+def test_analyze_soft_tokens_run(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path / "soft", {"name": "soft_tokens", "n_latents": 3})
+    result = experiments.analyze_run(run, ["analysis.variance_threshold=0.8", "analysis.top_k=2", "analysis.batch_size=3"], progress=False)
+    assert result["n_slots"] == 3 and result["n_examples"] == 8 and result["variance_threshold"] == 0.8
+    assert len(result["cross_capture"]) == 3 and all(len(row) == 3 for row in result["cross_capture"])
+    assert all(result["cross_capture"][i][i] >= 0.8 - 1e-9 for i in range(3))  # a slot captures its own variance
+    assert result["cka_slots"][0][0] == pytest.approx(1.0)
+    assert result["effective_rank"] >= 1.0 and -1 <= result["slot_silhouette"] <= 1
+    lens = result["logit_lens"]["base"]
+    assert len(lens) == 3 and all(len(slot) == 2 for slot in lens)
+    assert "base_vs_coprocessor" not in result
+    for name in ("analysis.json", "cross_capture.png", "cka_slots.png", "logit_lens_base.png"):
+        assert (run / "analysis" / name).stat().st_size > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("latentreason.methods.coprocessor") is None, reason="coprocessor module not written yet")
+@pytest.mark.parametrize("variant", ["liu", "h1"])
+def test_analyze_coprocessor_compares_base_and_coprocessor(tmp_path: Path, variant: str) -> None:
+    run = tiny_run(tmp_path / variant, {"name": "coprocessor", "n_latents": 2, "coprocessor": {"variant": variant}})
+    result = experiments.analyze_run(run, ["analysis.plots=false"], progress=False)
+    assert set(result["logit_lens"]) == {"base", "coprocessor"}
+    bvc = result["base_vs_coprocessor"]
+    assert bvc["base_slots"] == (2 if variant == "liu" else 1)  # h1: the Base's <eot> state after the latent K/V
+    assert all(0 <= a <= 90 + 1e-6 for a in bvc["principal_angles_deg"])
+    assert bvc["cka"] is None or 0 <= bvc["cka"] <= 1 + 1e-9
+    assert not (run / "analysis/cross_capture.png").exists()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def hand_made_cell(root: Path, name: str, overrides: dict, accuracy: float, analysis: dict | None = None) -> None:
+    out = root / "runs" / name
+    out.mkdir(parents=True)
+    data = {"out_dir": str(out), **overrides}
+    save_config(from_dict(RunConfig, data), out / "config.yaml")
+    (out / "eval.json").write_text(json.dumps({
+        "accuracy": accuracy, "accuracy_ci95": [max(0, accuracy - 0.1), min(1, accuracy + 0.1)], "n": 50,
+        "flops_per_answer": 1e6 * (1 + overrides["method"].get("n_latents", 0)), "forward_passes_per_answer": 4.0,
+        "seconds_per_answer": 0.002, "params_total": 1000, "params_trainable": 900,
+    }))
+    (out / "done.json").write_text("{}")
+    if analysis is not None:
+        experiments._write_analysis(out / "analysis", analysis)
+
+
+def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for branching in (3, 4):
+            task = {"name": "countdown", "branching": branching}
+            train = {"seed": seed}
+            hand_made_cell(tmp_path, f"cd{branching}_cot_{seed}", {"task": task, "train": train, "method": {"name": "cot"}}, 0.6 - 0.1 * branching / 4)
+            hand_made_cell(tmp_path, f"cd{branching}_nocot_{seed}", {"task": task, "train": train, "method": {"name": "no_cot"}}, 0.3,
+                           {"n_slots": 0, "skipped": "no latents"})
+            for n in (2, 4):
+                hand_made_cell(tmp_path, f"cd{branching}_soft{n}_{seed}", {"task": task, "train": train, "method": {"name": "soft_tokens", "n_latents": n}},
+                               0.4 + 0.02 * n + 0.01 * seed, {"n_slots": n, "cross_capture_mean_off_diagonal": 0.5, "slot_silhouette": 0.1, "effective_rank": 3.0})
+                hand_made_cell(tmp_path, f"cd{branching}_h1_{n}_{seed}", {"task": task, "train": train,
+                               "method": {"name": "coprocessor", "n_latents": n, "coprocessor": {"variant": "h1"}}}, 0.35,
+                               {"n_slots": n, "cross_capture_mean_off_diagonal": 0.9, "base_vs_coprocessor": {"principal_angle_mean_deg": 40.0, "cka": 0.5}})
+    hand_made_cell(tmp_path, "looped2", {"task": {"name": "countdown", "branching": 3}, "method": {"name": "looped", "looped": {"loops": 2}}}, 0.5)
+    (tmp_path / "runs/broken").mkdir()
+    (tmp_path / "runs/broken/error.txt").write_text("Traceback ...")
+
+    path = Path(experiments.write_report(tmp_path))
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert "coprocessor-h1" in text and "soft_tokens" in text and "looped" in text
+    assert "| countdown b=3 | soft_tokens | 4 | 2 | 0.485 ±" in text  # mean of seeds 0.48 and 0.49
+    assert "broken" in text and "## Latent analyses" in text and "no latents" in text
+    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert {"accuracy_vs_nl_countdown_b3.png", "accuracy_vs_flops_countdown_b4.png", "accuracy_vs_branching_countdown.png",
+            "cross_capture_vs_nl_countdown_b3.png"} <= plots
+    for name in plots:
+        assert f"plots/{name}" in text
+    with pytest.raises(UserInputError, match="no finished runs"):
+        experiments.write_report(tmp_path / "empty")
