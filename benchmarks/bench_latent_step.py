@@ -51,25 +51,6 @@ def cot_loss(method: LatentMethod, batch: dict[str, Any]) -> torch.Tensor:
     return causal_lm_loss(logits, batch["labels"])
 
 
-def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, env: common.Env) -> Callable[[], None]:
-    """zero_grad, forward under autocast, backward, AdamW step."""
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with env.autocast():
-            loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def adamw(module: torch.nn.Module, env: common.Env) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
-    # A tiny lr: the weights barely move, so every repeat does the same work.
-    return torch.optim.AdamW(params, lr=1e-7, fused=env.device.type == "cuda")
-
-
 def main() -> None:
     p = common.parser(__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=32, help="examples per step (32 = TrainConfig.batch_size)")
@@ -90,7 +71,7 @@ def main() -> None:
     pristine = copy.deepcopy(backbone)  # coprocessor variants freeze their Base: give each its own copy
     print(f"attention implementation: {backbone.model.config._attn_implementation}")
     coconut.train()
-    optimizer = adamw(coconut, env)
+    optimizer = common.adamw(coconut, env)
     dims = coconut.dims
 
     fns: dict[str, Callable[[], None]] = {}
@@ -111,14 +92,14 @@ def main() -> None:
                 checks[f"k={k}: |coconut - naive| loss"] = abs(ours - naive)
             if ref is not None:
                 checks["k=0: |coconut - cot| loss"] = abs(ours - ref)
-        fns[f"cot@k={k}"] = train_step(lambda b=batch: cot_loss(coconut, b), optimizer, env)
-        fns[f"coconut@k={k}"] = train_step(lambda b=batch: coconut.loss(b), optimizer, env)
+        fns[f"cot@k={k}"] = common.train_step(lambda b=batch: cot_loss(coconut, b), optimizer, env)
+        fns[f"coconut@k={k}"] = common.train_step(lambda b=batch: coconut.loss(b), optimizer, env)
         info[f"cot@k={k}"] = {"method": "cot (same tokens)", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": None}
         info[f"coconut@k={k}"] = {"method": "coconut", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": f"cot@k={k}"}
         if not args.no_naive and k > 0:
             start = batch["latent_start"]
             naive_forward = sum(forward_flops(dims, start + j, 0, start + j) for j in range(k)) * B + forward
-            fns[f"naive@k={k}"] = train_step(lambda b=batch: naive_coconut_loss(coconut, b), optimizer, env)
+            fns[f"naive@k={k}"] = common.train_step(lambda b=batch: naive_coconut_loss(coconut, b), optimizer, env)
             info[f"naive@k={k}"] = {"method": "naive recompute", "k": k, "tokens": tokens, "flops": 3 * naive_forward, "ref": f"coconut@k={k}"}
 
     variants = [v for v in args.variants.split(",") if v]
@@ -130,7 +111,7 @@ def main() -> None:
         cot_batch = common.to_device(cot_batch, env.device)
         B, T = cot_batch["input_ids"].shape
         tokens = int(cot_batch["attention_mask"].sum())
-        fns[f"cot@N_L={n}"] = train_step(lambda b=cot_batch: cot_loss(coconut, b), optimizer, env)
+        fns[f"cot@N_L={n}"] = common.train_step(lambda b=cot_batch: cot_loss(coconut, b), optimizer, env)
         info[f"cot@N_L={n}"] = {"method": "cot (question+N_L+answer)", "k": n, "tokens": tokens, "flops": 3 * forward_flops(dims, T, 0, T) * B, "ref": None}
         for variant in variants:
             cfg = MethodConfig(name="coprocessor", n_latents=n, coprocessor=CoprocessorConfig(variant=variant))
@@ -141,7 +122,7 @@ def main() -> None:
             lead, past = (n, q_len) if method.injection == "embeddings" else (1, q_len + n)  # kv: <eot> after injected K/V
             flops = B * (forward_flops(method.dims, q_len, 0, 0) + forward_flops(method.coprocessor_dims, n, q_len, 0)
                          + forward_flops(method.dims, lead + a_len, past, lead + a_len))
-            fns[f"coprocessor-{variant}"] = train_step(lambda m=method, b=batch: m.loss(b), adamw(method, env), env)
+            fns[f"coprocessor-{variant}"] = common.train_step(lambda m=method, b=batch: m.loss(b), common.adamw(method, env), env)
             info[f"coprocessor-{variant}"] = {"method": f"coprocessor {variant}", "k": n, "tokens": tokens, "flops": 3 * flops, "ref": f"cot@N_L={n}"}
 
     print(f"timing {len(fns)} steps x {args.repeats} repeats (interleaved) ...")

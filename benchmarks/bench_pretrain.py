@@ -48,21 +48,11 @@ def main() -> None:
     method, _, _ = common.build(args, env, cfg, examples)
     method.train()
     method.model.requires_grad_(False)
-    trainable = [q for q in [*method.coprocessor.parameters(), method.soft_tokens] if q.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-7, fused=env.device.type == "cuda")
+    optimizer = common.adamw(method, env)  # the Base is frozen: only the Coprocessor and soft tokens
     documents = ["\n".join([e.question, *e.steps, "### " + e.answer]) for e in examples]
     x = pack(method.tokenizer, documents, args.seq_len)[: args.batch_size].to(env.device)
     if len(x) < args.batch_size:
         p.error(f"corpus too small for {args.batch_size} sequences of {args.seq_len}")
-
-    def step(loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with env.autocast():
-                loss = loss_fn()
-            loss.backward()
-            optimizer.step()
-        return run
 
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -73,8 +63,8 @@ def main() -> None:
         with torch.no_grad():
             diff = abs(float(pretrain_loss(method, x, points, args.ahead)) - float(pretrain_loss_sequential(method, x, points, args.ahead)))
         summary[f"M={m}: |masked - sequential| loss"] = diff
-        fns[f"masked@M={m}"] = step(lambda pts=points: pretrain_loss(method, x, pts, args.ahead))
-        fns[f"sequential@M={m}"] = step(lambda pts=points: pretrain_loss_sequential(method, x, pts, args.ahead))
+        fns[f"masked@M={m}"] = common.train_step(lambda pts=points: pretrain_loss(method, x, pts, args.ahead), optimizer, env)
+        fns[f"sequential@M={m}"] = common.train_step(lambda pts=points: pretrain_loss_sequential(method, x, pts, args.ahead), optimizer, env)
         # Useful training FLOPs (the sequential definition's passes, x3 for backward), the same for both sides.
         n, a = args.n_latents, args.ahead
         flops = 3 * sum(

@@ -308,3 +308,22 @@ def report(title: str, args: argparse.Namespace, env: Env, rows: Sequence[dict[s
         payload = {"title": title, "argv": sys.argv, "args": vars(args), "env": env.describe(), "rows": list(rows), "summary": summary}
         out.write_text(json.dumps(payload, indent=2, default=str))
         out.with_suffix(".md").write_text(f"## {title}\n\n`{shlex.join(sys.argv)}`\n\n{env.describe()}\n\n{text}\n\n" + "\n".join(summary_lines) + "\n")
+
+
+def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, env: Env) -> Callable[[], None]:
+    """zero_grad, forward under autocast, backward, AdamW step."""
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with env.autocast():
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def adamw(module: torch.nn.Module, env: Env) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    # A tiny lr: the weights barely move, so every repeat does the same work.
+    return torch.optim.AdamW(params, lr=1e-7, fused=env.device.type == "cuda")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+
+import helpers
 import torch
 
 from latentreason.backbones import build_backbone, lm_forward
@@ -192,14 +194,7 @@ def slow_reference(method: Coconut, example: EncodedExample, n_latents: int, max
 def fit(method: Coconut, encoded: list[EncodedExample], steps: int) -> None:
     """A few optimizer steps at the final stage, so greedy outputs vary and stop at different lengths."""
     method.set_epoch(100)
-    method.train()
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = method(method.collate(encoded))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    method.eval()
+    helpers.fit(method, encoded, steps)
 
 
 @pytest.mark.parametrize("backbone", ["gpt2-tiny", "qwen3-tiny"])

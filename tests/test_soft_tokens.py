@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import fit
+
 from latentreason.backbones import build_backbone, lm_forward
 from latentreason.config import MethodConfig, ModelConfig
 from latentreason.methods.cot import NoCoT
 from latentreason.methods.soft_tokens import SoftTokens
 from latentreason.tasks import Example
-from latentreason.tokenization import EncodedExample, encode_examples
+from latentreason.tokenization import encode_examples
 
 EXAMPLES = [
     Example("Numbers: 36 23 70. Target: 11.", ["36 + 23 = 59", "70 - 59 = 11"], "(70-(36+23))"),
@@ -25,18 +27,6 @@ def make(backbone: str = "gpt2-tiny", n_latents: int = 0, placement: str = "afte
     bb = build_backbone(ModelConfig(backbone=backbone, n_layer=2, n_embd=32, n_head=2), corpus=CORPUS)
     method = SoftTokens(bb, MethodConfig(name="soft_tokens", n_latents=n_latents, placement=placement))
     return method.eval(), bb, encode_examples(bb.tokenizer, EXAMPLES)
-
-
-def fit(method, encoded: list[EncodedExample], steps: int = 12) -> None:
-    """A few optimizer steps so greedy outputs are not a constant token."""
-    method.train()
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = method(method.collate(encoded))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    method.eval()
 
 
 @pytest.mark.parametrize("backbone", ["gpt2-tiny", "llama-tiny"])
