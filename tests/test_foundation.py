@@ -229,3 +229,16 @@ def test_cli_data_generate_refuses_to_overwrite(tmp_path, capsys):
     assert len(json.loads(content)) == 5
     code, err = run_cli("data", "generate", "--task", "countdown", "--n", "7", "--out", str(out), capsys=capsys)
     assert code == 2 and "exists" in err and out.read_text() == content
+
+
+def test_quickstart_trains_both_baselines_and_prints_a_table(tmp_path, capsys):
+    from latentreason.quickstart import quickstart
+
+    tiny = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
+            "task": {"train_size": 32, "eval_size": 4}, "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
+            "eval": {"max_new_tokens": 4}}
+    table = quickstart(tmp_path / "qs", progress=False, base_overrides=tiny)
+    assert "| cot |" in table and "| no_cot |" in table
+    assert (tmp_path / "qs" / "quickstart.md").read_text().strip() == table
+    for method in ("cot", "no_cot"):
+        assert json.loads((tmp_path / "qs" / "runs" / method / "eval.json").read_text())["n"] == 4

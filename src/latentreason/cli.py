@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("quickstart", help="tiny ProsQA run: CoT vs No-CoT on CPU, prints a table")
-    p.add_argument("--out", default="results/quickstart")
+    p.add_argument("--out", default="runs/quickstart", help="output dir (default under the git-ignored runs/)")
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("sweep", help="grid of runs (method x N_L x task x branching x seed), resumable")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from latentreason.config import deep_merge
 from latentreason.experiments import markdown_table, run_sweep
 
 QUICKSTART_SWEEP = {
@@ -24,11 +25,18 @@ QUICKSTART_SWEEP = {
 }
 
 
-def quickstart(out_dir: str | Path = "results/quickstart", progress: bool = True) -> str:
+def quickstart(out_dir: str | Path = "runs/quickstart", progress: bool = True, base_overrides: dict | None = None) -> str:
+    """Run (or resume) the quickstart sweep under `out_dir` and return the printed table.
+
+    The default lies under the git-ignored runs/, so a fresh checkout trains for real instead of finding
+    the committed results/quickstart/ already finished. `base_overrides` (a nested RunConfig mapping)
+    shrinks it for tests.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sweep = {"out_dir": str(out), **QUICKSTART_SWEEP, "base": deep_merge(QUICKSTART_SWEEP["base"], base_overrides or {})}
     config_path = out / "sweep.yaml"
-    config_path.write_text(yaml.safe_dump({"out_dir": str(out), **QUICKSTART_SWEEP}, sort_keys=False))
+    config_path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     rows = run_sweep(config_path, progress=progress)
     columns = ["method.name", "accuracy", "accuracy_ci95", "generated_tokens_per_answer", "forward_passes_per_answer", "flops_per_answer", "seconds_per_answer", "train_seconds"]
     for row in rows:
@@ -37,4 +45,6 @@ def quickstart(out_dir: str | Path = "results/quickstart", progress: bool = True
     table = markdown_table(sorted(rows, key=lambda r: r["method.name"]), columns)
     print(table)
     (out / "quickstart.md").write_text(table + "\n")
+    if progress:
+        print(f"runs, metrics and this table: {out}/")
     return table
