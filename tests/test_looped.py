@@ -258,3 +258,21 @@ def test_trace_gives_one_state_per_loop():
     z = method.trace(examples)
     assert z.shape == (len(examples), 3, 32)
     assert not torch.allclose(z[:, 0], z[:, 1])
+
+
+@pytest.mark.slow
+def test_pretrained_smollm2_one_loop_equals_plain_model_and_two_loops_run():
+    """The looped stack wraps a real pretrained LM (SmolLM2-135M, Llama layout, read offline from GGUF)."""
+    pytest.importorskip("gguf")
+    bb = build_backbone(ModelConfig(backbone="smollm2-135m"))
+    examples = encode_examples(bb.tokenizer, [Example(q, s, a) for q, s, a in zip(QUESTIONS, STEPS, ANSWERS)])
+    one = build_method(MethodConfig(name="looped", looped=LoopedConfig(loops=1)), bb).eval()
+    batch = one.collate(examples)
+    with torch.no_grad():
+        ours = one.logits(one.loop_states(batch["input_ids"], batch["attention_mask"], batch["position_ids"])[-1])
+        hf = lm_forward(one.model, one.embed(batch["input_ids"]), batch["attention_mask"], batch["position_ids"]).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[real], hf[real], atol=1e-4, rtol=1e-4)
+    two = build_method(MethodConfig(name="looped", looped=LoopedConfig(loops=2)), bb).eval()
+    out = two.generate(examples[:1], 4)
+    assert out.extra["mean_loops"] == 2 and len(out.token_ids[0]) <= 4
