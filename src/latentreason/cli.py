@@ -43,10 +43,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from latentreason.config import parse_overrides
     from latentreason.training import evaluate_run
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    summary = evaluate_run(run_dir, parse_overrides(args.overrides), progress=not args.quiet, eval_name=args.name)
+    summary = evaluate_run(args.run_dir, parse_overrides(args.overrides), progress=not args.quiet, eval_name=args.name)
     print(json.dumps(summary, indent=2))
 
 

@@ -329,12 +329,13 @@ def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progres
     from latentreason.analysis import capture
     from latentreason.analysis.logit_lens import find_final_norm_and_head, logit_lens
     from latentreason.analysis.plots import plot_heatmap, plot_logit_lens
+    from latentreason.training import load_finished_run
     from latentreason.analysis.similarity import linear_cka, principal_angles, summarize_latents
 
     options, config_overrides = analysis_options(overrides)
     run_dir = Path(run_dir)
     out = run_dir / "analysis"
-    run = capture.load_finished_run(run_dir, config_overrides)
+    run = load_finished_run(run_dir, config_overrides)
     method = run.method
     examples = run.eval_set[: int(options["max_examples"])] if options["max_examples"] else run.eval_set
     threshold = float(options["variance_threshold"])

@@ -297,17 +297,31 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
+def load_finished_run(run_dir: str | Path, overrides: dict | None = None, device: str | None = None) -> Run:
+    """A finished run rebuilt from its config.yaml + tokenizer/, with model.pt loaded, in eval mode.
+
+    `overrides` (a nested dict) change the config, e.g. another eval set or decoding budget.
+    """
+    from latentreason.config import deep_merge, from_dict
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
+    if not (run_dir / "model.pt").exists():
+        raise UserInputError("this run has no final weights (model.pt); did it finish?", path=str(run_dir))
+    cfg = from_dict(RunConfig, deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {}))
+    cfg.train.init_from = None  # model.pt holds every weight; the init run may be gone
+    run = build_run(cfg, run_dir)
+    load_weights(run.method, run_dir / "model.pt")
+    run.method.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return run
+
+
 def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = True, eval_name: str = "eval") -> dict:
     """Re-evaluate a finished run's final weights (e.g. with another eval set or decoding budget).
 
     Results go to RUN_DIR/<eval_name>/, so several re-evaluations (e.g. one per exit threshold) can coexist.
     """
-    from latentreason.config import deep_merge, from_dict
-
-    run_dir = Path(run_dir)
-    data = deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {})
-    cfg = from_dict(RunConfig, data)
-    cfg.train.init_from = None
-    run = build_run(cfg, run_dir)
-    load_weights(run.method, run_dir / "model.pt")
-    return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, run_dir / eval_name, progress)
+    run = load_finished_run(run_dir, overrides)
+    cfg = run.config
+    return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, Path(run_dir) / eval_name, progress)

@@ -1,6 +1,6 @@
 """Collect latent vectors from a finished run: rebuild its method, load its weights, trace the eval set.
 
-    run = load_finished_run(run_dir, overrides)            # Run with model.pt loaded, eval mode
+    run = training.load_finished_run(run_dir, overrides)   # Run with model.pt loaded, eval mode
     z = collect_latents(run.method, run.eval_set, 64)      # [n, N_L, d] from method.trace
     b = base_side_states(run.method, run.eval_set, 64)     # [n, L, d] for Base + Coprocessor methods
 
@@ -11,15 +11,12 @@ question position (one "slot" per loop).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from latentreason.backbones import lm_forward
-from latentreason.config import RunConfig, deep_merge, from_dict, read_yaml
-from latentreason.errors import UserInputError
 from latentreason.methods.base import LatentMethod
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
@@ -27,27 +24,6 @@ PRE_NORM_TRACES = {"looped"}
 """Methods whose trace() returns raw residual states (the final norm not applied yet). Every other method
 traces HF `hidden_states[-1]` / `last_hidden_state`, which already went through the final norm, so the
 logit lens must not normalise them a second time."""
-
-
-def load_finished_run(run_dir: str | Path, overrides: dict[str, Any] | None = None, device: str | None = None):
-    """The run's Run (task, method, data) rebuilt from config.yaml + tokenizer/, with model.pt loaded.
-
-    `overrides` (a nested dict) change the config as in `latentreason eval`, e.g. a larger eval set.
-    """
-    from latentreason.training import build_run, load_weights
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    if not (run_dir / "model.pt").exists():
-        raise UserInputError("this run has no final weights (model.pt); did it finish?", path=str(run_dir))
-    cfg = from_dict(RunConfig, deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {}))
-    cfg.train.init_from = None  # model.pt holds every weight; the init run may be gone
-    run = build_run(cfg, run_dir)
-    load_weights(run.method, run_dir / "model.pt")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    run.method.to(device).eval()
-    return run
 
 
 def _batches(examples: Sequence[EncodedExample], batch_size: int, desc: str, progress: bool):
