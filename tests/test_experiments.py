@@ -5,6 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -68,7 +75,7 @@ def test_cell_reference_resolves_to_the_matching_cell_with_the_same_seed_and_tas
 def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
     """Every cell of the shipped replication sweeps builds a valid RunConfig and its references resolve."""
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("replication_cpu.yaml", "replication_gpu.yaml", "replication_cpu_smoke.yaml"):
+    for name in ("replication_cpu.yaml", "replication_cpu_b.yaml", "replication_gpu.yaml", "replication_cpu_smoke.yaml"):
         sweep = experiments.read_sweep(root / name)
         cells = expand(sweep)
         names = {cell_name(c) for c in cells}
@@ -82,6 +89,22 @@ def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
             for dependency in dependencies:
                 assert dependency.get("train.seed") == cell.get("train.seed") and dependency["task.name"] == cell["task.name"]
                 assert dependency.get("task.branching") == cell.get("task.branching")
+
+
+def test_replication_cpu_halves_share_their_no_cot_cells() -> None:
+    """The CPU replication runs as two processes (part A, part B) writing into one out_dir: part B's looped
+    ProsQA cells start from part A's No-CoT cells, so the shared cells must have the same name and config."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = {}
+    for name in ("replication_cpu.yaml", "replication_cpu_b.yaml"):
+        sweep = experiments.read_sweep(root / name)
+        cells = expand(sweep)
+        configs[name] = {cell_name(c): cell_config(sweep, c, cells) for c in cells}
+    part_a, part_b = configs["replication_cpu.yaml"], configs["replication_cpu_b.yaml"]
+    shared = set(part_a) & set(part_b)
+    assert len(shared) == 3 and all(part_a[n][0] == part_b[n][0] for n in shared)
+    looped_prosqa = [cfg for cfg, _ in part_b.values() if cfg.method.name == "looped" and cfg.task.name == "prosqa"]
+    assert looped_prosqa and {cfg.train.init_from for cfg in looped_prosqa} == {part_a[n][0].out_dir for n in shared}
 
 
 # ----------------------------------------------------------------------------- resume
@@ -137,6 +160,81 @@ def test_second_sweep_skips_finished_cells_and_resumes_analyses(tmp_path: Path, 
     assert len(analyzed) == 6
 
 
+SMALL_SWEEP = ("base: {task: {name: countdown}}\n"
+               "grid: {train.seed: [0, 1]}\n"
+               "groups:\n"
+               "  - {method.name: [cot, no_cot]}\n"
+               "  - {method.name: [coconut], method.n_latents: [2], train.init_from: ['{cell:method.name=cot}']}\n")
+
+
+def test_two_workers_share_one_sweep_and_train_every_cell_once(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    fake = fake_train_factory(calls)
+
+    def slow_train(cfg: RunConfig, progress: bool = True):
+        time.sleep(0.05)  # long enough for the workers to overlap
+        return fake(cfg, progress)
+
+    monkeypatch.setattr("latentreason.training.train", slow_train)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
+    workers = [threading.Thread(target=run_sweep, args=(path,), kwargs={"progress": False, "poll_seconds": 0.01}) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 6  # every cell trained, none twice
+    assert not list((tmp_path / "out/runs").glob("*/.claim"))  # claims are released
+    # Coconut never started before the CoT cell it starts from had finished.
+    assert calls.index(str(tmp_path / "out/runs/cot_seed-0")) < calls.index(str(tmp_path / "out/runs/coconut_nlatents-2_seed-0"))
+
+
+def test_sweep_takes_over_stale_claims_and_waits_for_live_ones(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
+    runs = tmp_path / "out/runs"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (runs / "no_cot_seed-0").mkdir(parents=True)
+    (runs / "no_cot_seed-0/.claim").write_text(f"{socket.gethostname()} {dead.pid}")  # its worker died: stale
+    (runs / "cot_seed-1").mkdir(parents=True)
+    (runs / "cot_seed-1/.claim").write_text("another-host 1")  # a live worker elsewhere, which finishes later
+
+    def other_worker_finishes() -> None:
+        time.sleep(0.3)
+        fake_train_factory([])(from_dict(RunConfig, {"out_dir": str(runs / "cot_seed-1"), "method": {"name": "cot"}}))
+        (runs / "cot_seed-1/.claim").unlink()
+
+    other = threading.Thread(target=other_worker_finishes)
+    other.start()
+    rows = run_sweep(path, progress=False, poll_seconds=0.02)
+    other.join()
+    trained = {Path(c).name for c in calls}
+    assert "no_cot_seed-0" in trained and "cot_seed-1" not in trained and "coconut_nlatents-2_seed-1" in trained
+    assert len(calls) == 5 and len(rows) == 6
+
+
+def test_a_failed_dependency_fails_its_dependents_without_stopping_the_sweep(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    fake = fake_train_factory(calls)
+
+    def train_or_crash(cfg: RunConfig, progress: bool = True):
+        if cfg.out_dir.endswith("cot_seed-0") and cfg.method.name == "cot":
+            raise RuntimeError("simulated crash")
+        return fake(cfg, progress)
+
+    monkeypatch.setattr("latentreason.training.train", train_or_crash)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
+    rows = run_sweep(path, progress=False)
+    runs = tmp_path / "out/runs"
+    assert "simulated crash" in (runs / "cot_seed-0/error.txt").read_text()
+    assert "cot_seed-0, failed" in (runs / "coconut_nlatents-2_seed-0/error.txt").read_text()
+    assert len(calls) == 4 and len(rows) == 4  # the other seed's coconut still ran
+
+
 # ----------------------------------------------------------------------------- aggregation
 
 
@@ -164,6 +262,29 @@ def tiny_run(out: Path, method: dict) -> Path:
     cfg = from_dict(RunConfig, {**TINY, "out_dir": str(out), "method": method})
     train(cfg, progress=False)
     return out
+
+
+def test_paired_gains_compare_each_cell_with_its_own_seeds_start() -> None:
+    def row(run: str, method: str, seed: int, accuracy: float, init_from: str | None = None, **extra: Any) -> dict:
+        return {"run": run, "task.name": "prosqa", "task.branching": 4, "method.name": method, "train.seed": seed,
+                "accuracy": accuracy, "train.init_from": init_from, **extra}
+
+    starts = [0.30, 0.50, 0.40]
+    rows = [row(f"no_cot_{s}", "no_cot", s, a) for s, a in enumerate(starts)]
+    # Each seed's soft-token run gains exactly 0.05 over its own start although the starts spread widely:
+    # pairing must give a zero-width interval, which comparing the two means would not.
+    rows += [row(f"soft_{s}", "soft_tokens", s, a + 0.05, f"/x/runs/no_cot_{s}", **{"method.n_latents": 4}) for s, a in enumerate(starts)]
+    rows += [row(f"liu_{s}", "coprocessor", s, a, f"/x/runs/no_cot_{s}", **{"method.n_latents": 4, "method.coprocessor.variant": "liu"})
+             for s, a in enumerate([0.2, 0.5, 0.45])]
+    rows += [row("orphan", "soft_tokens", 0, 0.9, "/elsewhere/runs/missing", **{"method.n_latents": 8})]
+    gains = {(g["method.name"], g["method.n_latents"]): g for g in experiments.paired_gains(rows)}
+    assert set(gains) == {("soft_tokens", 4), ("coprocessor", 4)}  # no_cot has no start; the orphan's start is not in the sweep
+    soft = gains[("soft_tokens", 4)]
+    assert soft["start"] == "no_cot" and soft["seeds"] == 3 and soft["gain_mean"] == pytest.approx(0.05)
+    assert soft["gain_ci95"] == pytest.approx(0.0, abs=1e-12) and (soft["better"], soft["equal"], soft["worse"]) == (3, 0, 0)
+    liu = gains[("coprocessor", 4)]
+    assert liu["gain_mean"] == pytest.approx((-0.1 + 0.0 + 0.05) / 3) and (liu["better"], liu["equal"], liu["worse"]) == (1, 1, 1)
+    assert liu["gain_ci95"] == pytest.approx(4.303 * statistics.stdev([-0.1, 0.0, 0.05]) / math.sqrt(3))
 
 
 def test_analyze_cot_run_has_nothing_to_analyze(tmp_path: Path, capsys) -> None:
@@ -237,6 +358,8 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
                 hand_made_cell(tmp_path, f"cd{branching}_h1_{n}_{seed}", {"task": task, "train": train,
                                "method": {"name": "coprocessor", "n_latents": n, "coprocessor": {"variant": "h1"}}}, 0.35,
                                {"n_slots": n, "cross_capture_mean_off_diagonal": 0.9, "base_vs_coprocessor": {"principal_angle_mean_deg": 40.0, "cka": 0.5}})
+        hand_made_cell(tmp_path, f"cd3_soft8_{seed}", {"task": {"name": "countdown", "branching": 3}, "train": {**train, "init_from": str(tmp_path / f"runs/cd3_nocot_{seed}")},
+                       "method": {"name": "soft_tokens", "n_latents": 8}}, 0.35 + 0.1 * seed)
     hand_made_cell(tmp_path, "looped2", {"task": {"name": "countdown", "branching": 3}, "method": {"name": "looped", "looped": {"loops": 2}}}, 0.5)
     (tmp_path / "runs/broken").mkdir()
     (tmp_path / "runs/broken/error.txt").write_text("Traceback ...")
@@ -247,6 +370,8 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
     assert "coprocessor-h1" in text and "soft_tokens" in text and "looped" in text
     assert "| countdown b=3 | soft_tokens | 4 | 2 | 0.485 ±" in text  # mean of seeds 0.48 and 0.49
     assert "broken" in text and "## Latent analyses" in text and "no latents" in text
+    assert "## Gain over the starting model" in text and "| countdown b=3 | soft_tokens | 8 | no_cot | 2 | +0.100 ± " in text and "| 2 / 0 / 0 |" in text
+    assert "| countdown b=3 | coprocessor-h1 | 2 | 2 | 0.350 | 0.900 |" in text  # analysis summary: mean over the 2 seeds
     plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
     assert {"accuracy_vs_nl_countdown_b3.png", "accuracy_vs_flops_countdown_b4.png", "accuracy_vs_branching_countdown.png",
             "cross_capture_vs_nl_countdown_b3.png"} <= plots

@@ -14,7 +14,8 @@ A sweep YAML:
     analyze: false             # run latent analyses on every finished cell
 
 Cells already finished (done.json present) are skipped, so re-running a sweep resumes it; a cell that
-was interrupted resumes from its checkpoint. Each cell keeps its config.yaml, metrics and eval.json.
+was interrupted resumes from its checkpoint. Several workers can run one sweep together (start the same
+command once per core or GPU): each claims a cell (runs/NAME/.claim) before training it. Each cell keeps its config.yaml, metrics and eval.json.
 A value may reference another cell's run dir: `train.init_from: "{cell:method.name=cot}"` resolves to the
 dir of the cell with those overrides and the same remaining grid values (e.g. the same seed/task), which is
 run first. That is how Coconut starts from CoT and a frozen Base comes from a No-CoT run.
@@ -30,8 +31,11 @@ import csv
 import itertools
 import json
 import math
+import os
 import re
+import socket
 import statistics
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +146,50 @@ def parse_flat(text: str) -> dict[str, Any]:
     return flat
 
 
-def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bool = True) -> list[dict]:
-    """Run every unfinished cell (dependencies first), then write table.csv/json/md under out_dir."""
+CLAIM_FILE = ".claim"
+"""Marks a cell some sweep worker is training or analysing right now (holds `host pid`), so that several
+`latentreason sweep` processes started on one config share its cells instead of racing for them."""
+
+
+def _claim(run_dir: Path) -> bool:
+    """Atomically claim `run_dir` for this process. A claim left by a dead process on this host is stale
+    and taken over; a claim from another host cannot be checked and is respected (delete it by hand)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLAIM_FILE
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
+            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)  # its worker died (crash, kill -9): the cell is free again
+                continue
+            return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bool = True, poll_seconds: float = 10.0) -> list[dict]:
+    """Run every unfinished cell (dependencies first), then write table.csv/json/md under out_dir.
+
+    Several workers may run the same sweep at once (one per core or GPU: `latentreason sweep CONFIG &`
+    twice): each claims a cell before training it (runs/NAME/.claim), skips cells other workers hold,
+    waits for cells whose dependency another worker is still training, and polls every `poll_seconds`
+    until nothing is left.
+    """
     from latentreason.training import train
 
     sweep = read_sweep(path, overrides)
@@ -151,44 +197,69 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(Path(path).read_text())
     cells = expand(sweep)
-    done: set[str] = set()
+    status: dict[str, str] = {}  # cell name -> "done" | "failed" (settled for this worker)
     failures: list[str] = []
 
-    def run_cell(cell: dict[str, Any], bar) -> None:
+    def run_cell(cell: dict[str, Any], bar) -> str:
+        """Settle one cell: "done", "failed", or "busy" (it or a dependency is held by another worker)."""
         name = cell_name(cell)
-        if name in done:
-            return
+        if name in status:
+            return status[name]
         cfg, dependencies = cell_config(sweep, cell, cells)
-        for dependency in dependencies:
-            run_cell(dependency, bar)
-        done.add(name)
         run_dir = Path(cfg.out_dir)
-        bar.set_description(f"sweep {name}")
-        if not (run_dir / "done.json").exists():
-            try:
-                train(cfg, progress=False)
-            except UserInputError:
-                raise
-            except Exception:  # one broken cell must not lose the rest of the sweep; the traceback is kept
+        for dependency in dependencies:
+            outcome = run_cell(dependency, bar)
+            if outcome == "busy":
+                return "busy"
+            if outcome == "failed":
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "error.txt").write_text(traceback.format_exc())
-                failures.append(name)
-                bar.update(1)
-                return
-        # Analyses resume on their own: a finished cell without analysis.json (sweep re-run with analyze:
-        # true, or an analysis that crashed) is analysed now. A failed analysis never fails the cell.
-        if sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists():
-            try:
-                analyze_run(run_dir, progress=False)
-                (run_dir / "analysis_error.txt").unlink(missing_ok=True)
-            except Exception:
-                (run_dir / "analysis_error.txt").write_text(traceback.format_exc())
-                failures.append(name + " (analysis)")
+                (run_dir / "error.txt").write_text(f"not run: the cell it starts from, {cell_name(dependency)}, failed\n")
+                return settle(name, "failed", bar)
+        needs_training = not (run_dir / "done.json").exists()
+        needs_analysis = sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists()
+        if not (needs_training or needs_analysis):
+            return settle(name, "done", bar)
+        if not _claim(run_dir):
+            return "busy"
+        try:
+            bar.set_description(f"sweep {name}")
+            if not (run_dir / "done.json").exists():  # another worker may have finished it since we looked
+                try:
+                    (run_dir / "error.txt").unlink(missing_ok=True)
+                    train(cfg, progress=False)
+                except UserInputError:
+                    raise
+                except Exception:  # one broken cell must not lose the rest of the sweep; the traceback is kept
+                    (run_dir / "error.txt").write_text(traceback.format_exc())
+                    return settle(name, "failed", bar)
+            # Analyses resume on their own: a finished cell without analysis.json (sweep re-run with analyze:
+            # true, or an analysis that crashed) is analysed now. A failed analysis never fails the cell.
+            if sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists():
+                try:
+                    analyze_run(run_dir, progress=False)
+                    (run_dir / "analysis_error.txt").unlink(missing_ok=True)
+                except Exception:
+                    (run_dir / "analysis_error.txt").write_text(traceback.format_exc())
+                    failures.append(name + " (analysis)")
+            return settle(name, "done", bar)
+        finally:
+            (run_dir / CLAIM_FILE).unlink(missing_ok=True)
+
+    def settle(name: str, outcome: str, bar) -> str:
+        status[name] = outcome
+        if outcome == "failed":
+            failures.append(name)
         bar.update(1)
+        return outcome
 
     with tqdm(total=len(cells), desc="sweep", disable=not progress) as bar:
-        for cell in cells:
-            run_cell(cell, bar)
+        pending = cells
+        while pending:
+            waiting = [cell for cell in pending if run_cell(cell, bar) == "busy"]
+            if waiting and len(waiting) == len(pending):
+                bar.set_description(f"sweep: waiting for {len(waiting)} cell(s) held by other workers")
+                time.sleep(poll_seconds)
+            pending = waiting
     rows = collect(out)
     write_tables(out, rows)
     if failures:
@@ -265,6 +336,30 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[cost] = statistics.fmean(values) if values else None
         table.append(entry)
     return table
+
+
+def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy gain of every cell over the run it was initialised from (`train.init_from`, same seed and
+    eval set), aggregated per configuration: mean gain with a Student-t 95% CI over seeds, and how many
+    seeds got better / equal / worse. Pairing by seed removes the seed-to-seed spread of the shared start,
+    so this answers "did the latent method improve on its own starting point" more sharply than comparing
+    two means with overlapping CIs. Cells whose start is not a finished run of this sweep are left out."""
+    by_run = {row["run"]: row for row in rows}
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for row in rows:
+        start = by_run.get(Path(str(row.get("train.init_from") or "")).name) if row.get("train.init_from") else None
+        if start is not None:
+            key = tuple(identity_value(row, k) for k in GROUP_KEYS)
+            groups.setdefault(key, []).append((row, start))
+    out = []
+    for key, pairs in groups.items():
+        gains = [row["accuracy"] - start["accuracy"] for row, start in pairs]
+        half = t_critical_95(len(gains) - 1) * statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else None
+        out.append(dict(zip(GROUP_KEYS, key)) | {
+            "start": method_label(pairs[0][1]), "seeds": len(gains), "gain_mean": statistics.fmean(gains), "gain_ci95": half,
+            "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
+        })
+    return out
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -535,6 +630,14 @@ def write_report(sweep_dir: str | Path) -> str:
               "of that run's Wilson interval over eval examples). FLOPs, forward passes and latency are per answer "
               "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1.", ""]
     lines += [_results_table(table, branching_varies), ""]
+    gains = paired_gains(rows)
+    if gains:
+        lines += ["## Gain over the starting model (paired by seed)", "",
+                  "Accuracy of each latent configuration minus that of the run it was initialised from (`train.init_from`: "
+                  "the same seed's No-CoT or CoT cell), mean over seeds with a Student-t 95% CI; better / equal / worse "
+                  "counts seeds. A gain whose CI excludes 0 is a real improvement over the start; compare it with a "
+                  "no-latent control trained for the same extra steps (e.g. soft_tokens N_L = 0) before crediting the latents.", ""]
+        lines += [_gains_table(gains, branching_varies), ""]
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path.relative_to(sweep_dir)})" for title, path in figures] + [""]
     if analyses:
@@ -544,7 +647,8 @@ def write_report(sweep_dir: str | Path) -> str:
                   "silhouette of latents labelled by slot (high = slots separable); effective rank of pooled latents; "
                   "mean linear CKA between slots; Base vs Coprocessor: mean principal angle (degrees) between their "
                   "subspaces and CKA between Z and the Base-side states.", ""]
-        lines += [_analysis_table(analyses), ""]
+        lines += ["Mean over seeds per configuration:", "", _analysis_summary_table(analyses), ""]
+        lines += ["<details><summary>Every run</summary>", "", _analysis_table(analyses), "", "</details>", ""]
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines))
     return str(path)
@@ -557,7 +661,7 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> s
     header = ["task", "method", "N_L", "seeds", "accuracy", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(table, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"])):
-        task = f"{row['task.name']} b={row['task.branching']}" if row["task.name"] in branching_varies else str(row["task.name"])
+        task = _task_label(row, branching_varies)
         seconds = row.get("seconds_per_answer")
         out.append("| " + " | ".join([
             task, row["label"], str(row["N_L"]), str(row["seeds"]),
@@ -619,4 +723,42 @@ def _analysis_table(analyses: list[dict[str, Any]]) -> str:
             fmt(a["cross_capture_mean_off_diagonal"]), fmt(a["slot_silhouette"]), fmt(a["effective_rank"], ".2f"),
             fmt(a["cka_slots_mean_off_diagonal"]), fmt(a["principal_angle_mean_deg"], ".1f"), fmt(a["cka_base_coprocessor"]),
         ]) + " |")
+    return "\n".join(out)
+
+
+def _task_label(row: dict[str, Any], branching_varies: set[str]) -> str:
+    return f"{row['task.name']} b={row['task.branching']}" if row["task.name"] in branching_varies else str(row["task.name"])
+
+
+def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str]) -> str:
+    header = ["task", "method", "N_L", "starts from", "seeds", "gain in accuracy", "better / equal / worse"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, method_label(r), latent_budget(r))):
+        ci = "" if row["gain_ci95"] is None else f" ± {row['gain_ci95']:.3f}"
+        out.append("| " + " | ".join([
+            _task_label(row, branching_varies), method_label(row), str(latent_budget(row)), row["start"], str(row["seeds"]),
+            f"{row['gain_mean']:+.3f}{ci}", f"{row['better']} / {row['equal']} / {row['worse']}",
+        ]) + " |")
+    return "\n".join(out)
+
+
+ANALYSIS_SUMMARY_KEYS = ("accuracy", "cross_capture_mean_off_diagonal", "slot_silhouette", "effective_rank",
+                         "cka_slots_mean_off_diagonal", "principal_angle_mean_deg", "cka_base_coprocessor")
+
+
+def _analysis_summary_table(analyses: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for a in analyses:
+        if not a.get("skipped"):
+            groups.setdefault((a["setting"], str(a["label"]), a["N_L"] if a["N_L"] is not None else -1), []).append(a)
+    header = ["setting", "method", "N_L", "runs", "accuracy", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots",
+              "angle base/cop (deg)", "CKA base/cop"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (setting, label, n_latents), members in sorted(groups.items()):
+        cells = []
+        for key in ANALYSIS_SUMMARY_KEYS:
+            values = [m[key] for m in members if m.get(key) is not None]
+            digits = ".1f" if key == "principal_angle_mean_deg" else ".2f" if key == "effective_rank" else ".3f"
+            cells.append(format(statistics.fmean(values), digits) if values else "")
+        out.append("| " + " | ".join([setting, label, str(n_latents), str(len(members)), *cells]) + " |")
     return "\n".join(out)
