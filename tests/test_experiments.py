@@ -374,7 +374,7 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
     assert "| countdown b=3 | coprocessor-h1 | 2 | 2 | 0.350 | 0.900 |" in text  # analysis summary: mean over the 2 seeds
     plots = {p.name for p in (tmp_path / "plots").glob("*.png")}
     assert {"accuracy_vs_nl_countdown_b3.png", "accuracy_vs_flops_countdown_b4.png", "accuracy_vs_branching_countdown.png",
-            "cross_capture_vs_nl_countdown_b3.png"} <= plots
+            "cross_capture_vs_nl_countdown_b3.png", "gain_over_start_countdown_b3.png"} <= plots
     for name in plots:
         assert f"plots/{name}" in text
     with pytest.raises(UserInputError, match="no finished runs"):

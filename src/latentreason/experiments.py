@@ -610,6 +610,16 @@ def write_report(sweep_dir: str | Path) -> str:
             members, "task.branching", plots_dir / f"accuracy_vs_branching_{_slug(task)}.png",
             f"{task}: accuracy vs branching factor", "branching factor")))
 
+    from latentreason.analysis.plots import plot_gains
+
+    gains = paired_gains(rows)
+    for setting in sorted({_setting(g, branching_varies) for g in gains}):
+        members = sorted((g for g in gains if _setting(g, branching_varies) == setting), key=lambda g: (method_label(g), latent_budget(g)))
+        figures.append((f"{setting}: gain over the starting run", plot_gains(
+            [f"{method_label(g)} N_L={latent_budget(g)}" for g in members], [g["gain_mean"] for g in members],
+            [g["gain_ci95"] for g in members], plots_dir / f"gain_over_start_{_slug(setting)}.png",
+            f"{setting}: paired gain over the start (green/red: CI clears 0)")))
+
     analyses = _analysis_rows(sweep_dir, rows)
     if any(a.get("cross_capture_mean_off_diagonal") is not None for a in analyses):
         by_config = _aggregate_analyses(analyses)
@@ -630,7 +640,6 @@ def write_report(sweep_dir: str | Path) -> str:
               "of that run's Wilson interval over eval examples). FLOPs, forward passes and latency are per answer "
               "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1.", ""]
     lines += [_results_table(table, branching_varies), ""]
-    gains = paired_gains(rows)
     if gains:
         lines += ["## Gain over the starting model (paired by seed)", "",
                   "Accuracy of each latent configuration minus that of the run it was initialised from (`train.init_from`: "
@@ -647,7 +656,8 @@ def write_report(sweep_dir: str | Path) -> str:
                   "silhouette of latents labelled by slot (high = slots separable); effective rank of pooled latents; "
                   "mean linear CKA between slots; Base vs Coprocessor: mean principal angle (degrees) between their "
                   "subspaces and CKA between Z and the Base-side states.", ""]
-        lines += ["Mean over seeds per configuration:", "", _analysis_summary_table(analyses), ""]
+        if any(not a.get("skipped") for a in analyses):
+            lines += ["Mean over seeds per configuration:", "", _analysis_summary_table(analyses), ""]
         lines += ["<details><summary>Every run</summary>", "", _analysis_table(analyses), "", "</details>", ""]
     path = sweep_dir / "report.md"
     path.write_text("\n".join(lines))
@@ -658,6 +668,9 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> s
     def fmt_float(value: Any, digits: str = ".3g") -> str:
         return "" if value is None else format(value, digits)
 
+    def fmt_count(value: Any) -> str:
+        return "" if value is None else f"{int(value):,}"
+
     header = ["task", "method", "N_L", "seeds", "accuracy", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(table, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"])):
@@ -666,7 +679,7 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> s
         out.append("| " + " | ".join([
             task, row["label"], str(row["N_L"]), str(row["seeds"]),
             f"{row['accuracy_mean']:.3f} ± {row['accuracy_ci95']:.3f}",
-            fmt_float(row.get("params_total")), fmt_float(row.get("params_trainable")),
+            fmt_count(row.get("params_total")), fmt_count(row.get("params_trainable")),
             fmt_float(row.get("flops_per_answer")), fmt_float(row.get("forward_passes_per_answer"), ".1f"),
             "" if seconds is None else f"{1000 * seconds:.2f}",
         ]) + " |")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_heatmap", "plot_lines", "plot_logit_lens"]
+__all__ = ["plot_gains", "plot_heatmap", "plot_lines", "plot_logit_lens"]
 
 # Above this many cells per side, per-cell numbers become unreadable clutter.
 _MAX_ANNOTATED_SIDE = 12
@@ -156,6 +156,25 @@ def plot_lines(
     ax.grid(True, alpha=0.3)
     if groups:
         ax.legend(title=group, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_gains(labels: Sequence[str], gains: Sequence[float], half_widths: Sequence[float | None], path: str | Path,
+               title: str, xlabel: str = "accuracy gain over the starting run (mean, 95% CI over seeds)") -> Path:
+    """Horizontal bars of paired gains with their CIs and a line at 0, one bar per configuration:
+    bars whose interval clears 0 are real changes, the rest are noise."""
+    fig = _new_figure((6.5, 0.8 + 0.28 * max(len(labels), 1)))
+    ax = fig.add_subplot()
+    ys = np.arange(len(labels))
+    errors = [0.0 if h is None else h for h in half_widths]
+    colours = ["C2" if g - e > 0 else "C3" if g + e < 0 else "C7" for g, e in zip(gains, errors)]
+    ax.barh(ys, gains, xerr=errors, color=colours, capsize=2)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
 
 
