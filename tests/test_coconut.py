@@ -50,9 +50,14 @@ def test_multipass_equals_one_full_pass(backbone: str) -> None:
     batch = method.layout(encoded, MIXED_PLANS)
     assert len({len(e.question_ids) for e in encoded}) > 1
     with torch.no_grad():
-        out = method.continuous_forward(batch)
+        out = method.continuous_forward(batch, all_logits=True)
         multi = torch.cat(out.logits, 1)
         assert out.passes == 3 + 1  # K = max k_i = 3 latents -> 4 passes
+        # The default skips the LM head on the passes before the last: same thoughts, same final logits.
+        lean = method.continuous_forward(batch)
+        assert len(lean.logits) == 1 and lean.passes == out.passes
+        torch.testing.assert_close(lean.thoughts, out.thoughts, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(lean.logits[0], out.logits[-1], atol=1e-6, rtol=1e-6)
         embeds = full_pass_embeds(method, batch, out.thoughts)
         full = lm_forward(method.model, embeds, batch["attention_mask"], batch["position_ids"], output_hidden_states=True)
     valid = batch["attention_mask"].bool()

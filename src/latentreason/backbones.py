@@ -164,6 +164,13 @@ def lm_forward(
     )
 
 
+def body(model: PreTrainedModel) -> PreTrainedModel:
+    """The decoder stack without the LM head (GPT2Model, Qwen3Model, ...): final-normed hidden states and
+    K/V only. Calling it instead of the LM skips the [batch, tokens, vocab] head matmul where no logits are
+    needed, which is most of a tiny model's cost at a 49k vocabulary."""
+    return model.base_model
+
+
 def embed_tokens(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     return model.get_input_embeddings()(ids)
 

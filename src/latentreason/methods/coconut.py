@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from latentreason.backbones import Backbone, forward_flops, lm_forward, new_cache
+from latentreason.backbones import Backbone, body, forward_flops, lm_forward, new_cache
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, decode_flops, greedy_decode
@@ -56,7 +56,8 @@ class ContinuousOutput:
     """Result of the multi-pass forward over a Coconut batch."""
 
     logits: list[torch.Tensor]
-    """Logits of each pass, in column order (concatenate along dim 1 for the full [B, T, V])."""
+    """Logits of the final pass (the only ones the loss and decoding read); with `all_logits=True`, of
+    every pass in column order (concatenate along dim 1 for the full [B, T, V])."""
     thoughts: torch.Tensor
     """[B, K, d] inputs placed in the latent slots (token embeddings at holes)."""
     cache: DynamicCache
@@ -157,8 +158,10 @@ class Coconut(LatentMethod):
         return [self.plan(e, self.max_stage) for e in examples]
 
     # --- the multi-pass forward -------------------------------------------------------------------------
-    def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None) -> ContinuousOutput:
-        """K+1 sequential passes over one growing cache; returns every pass's logits and the thoughts."""
+    def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None, all_logits: bool = False) -> ContinuousOutput:
+        """K+1 sequential passes over one growing cache; returns the final pass's logits (every pass's with
+        `all_logits`) and the thoughts. Passes before the last only need their last hidden state, so they
+        run the decoder stack without the LM head."""
         embeds = self.embed(batch["input_ids"])
         mask, positions, has_latent = batch["attention_mask"], batch["position_ids"], batch["latent_mask"]
         start, width = batch["latent_start"], has_latent.shape[1]
@@ -179,10 +182,13 @@ class Coconut(LatentMethod):
                 thoughts.append(thought)
                 x = torch.cat([thought.unsqueeze(1), x[:, 1:]], 1)
             last = index == len(bounds) - 1
-            out = lm_forward(self.model, x, mask[:, :hi], positions[:, lo:hi], cache, output_hidden_states=not last)
-            logits_parts.append(out.logits)
-            if not last:
-                hidden = out.hidden_states[-1][:, -1]
+            if last or all_logits:
+                out = lm_forward(self.model, x, mask[:, :hi], positions[:, lo:hi], cache, output_hidden_states=not last)
+                logits_parts.append(out.logits)
+                if not last:
+                    hidden = out.hidden_states[-1][:, -1]
+            else:
+                hidden = lm_forward(body(self.model), x, mask[:, :hi], positions[:, lo:hi], cache).last_hidden_state[:, -1]
         return ContinuousOutput(logits_parts, torch.stack(thoughts, 1), cache, len(bounds))
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from latentreason.backbones import Backbone, ModelDims, count_parameters, forward_flops, lm_forward, new_cache
+from latentreason.backbones import Backbone, ModelDims, body, count_parameters, forward_flops, lm_forward, new_cache
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.methods.base import Generation, LatentMethod, decode_flops
@@ -45,11 +45,6 @@ from latentreason.tokenization import EncodedExample, positions_from_mask
 VARIANTS = ("liu", "h1", "h2")
 INITS = ("base", "fresh")
 INJECTIONS = ("embeddings", "kv")
-
-
-def body(model: PreTrainedModel) -> PreTrainedModel:
-    """The decoder stack without the LM head (GPT2Model, Qwen3Model, ...): hidden states and K/V only."""
-    return model.base_model
 
 
 def copy_cache(cache: DynamicCache, model: PreTrainedModel) -> DynamicCache:

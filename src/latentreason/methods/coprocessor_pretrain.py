@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latentreason.backbones import lm_forward, new_cache
+from latentreason.backbones import body, lm_forward, new_cache
 from latentreason.config import RunConfig, save_config
 from latentreason.errors import UserInputError
-from latentreason.methods.coprocessor import Coprocessor, body, copy_cache
+from latentreason.methods.coprocessor import Coprocessor, copy_cache
 
 # ----------------------------------------------------------------------------- masks and positions
 
