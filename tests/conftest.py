@@ -15,3 +15,9 @@ torch.set_num_threads(1)  # tiny models: one thread is as fast and never oversub
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path_factory, monkeypatch):
+    """Generated splits are cached in a per-test directory, never in the user's ~/.cache."""
+    monkeypatch.setenv("LATENTREASON_DATA_CACHE", str(tmp_path_factory.mktemp("data_cache")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, defaultdict
 from functools import lru_cache
@@ -421,3 +422,40 @@ def test_gsm8k_loader_errors(tmp_path):
         task.load(str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserInputError, match="no generator"):
         task.generate(1, seed=0)
+
+
+# ----------------------------------------------------------------------------- generated-data cache
+
+
+def test_generated_splits_are_cached_per_task_params_and_seed(tmp_path: Path, monkeypatch) -> None:
+    from latentreason import data
+    from latentreason.config import TaskConfig
+
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    task_class = type(get_task("countdown"))
+    calls: list[tuple] = []
+    real_generate = task_class.generate
+
+    @functools.wraps(real_generate)  # keeps the signature: load_split passes branching/split only when accepted
+    def counting_generate(self, n, seed, **params):
+        calls.append((n, seed, params.get("branching")))
+        return real_generate(self, n, seed, **params)
+
+    monkeypatch.setattr(task_class, "generate", counting_generate)
+    cfg = TaskConfig(name="countdown", branching=3, train_size=12, eval_size=4)
+    first = data.load_splits(cfg)
+    assert len(calls) == 2 and len(list((tmp_path / "cache").glob("*.pkl"))) == 2
+    again = data.load_splits(cfg)
+    assert len(calls) == 2 and again == first  # served from the cache, identical examples
+    data.load_splits(TaskConfig(name="countdown", branching=4, train_size=12, eval_size=4))
+    data.load_splits(TaskConfig(name="countdown", branching=3, train_size=12, eval_size=4, seed=1))
+    assert len(calls) == 6  # other params or seed: new entries
+
+    # A damaged entry is regenerated (and rewritten), not trusted.
+    for path in (tmp_path / "cache").glob("*.pkl"):
+        path.write_bytes(b"not a pickle")
+    assert data.load_splits(cfg) == first and len(calls) == 8
+
+    monkeypatch.setenv(data.CACHE_ENV, "off")
+    data.load_splits(cfg)
+    assert len(calls) == 10
