@@ -616,7 +616,7 @@ def write_report(sweep_dir: str | Path) -> str:
     for setting in sorted({_setting(g, branching_varies) for g in gains}):
         members = sorted((g for g in gains if _setting(g, branching_varies) == setting), key=lambda g: (method_label(g), latent_budget(g)))
         figures.append((f"{setting}: gain over the starting run", plot_gains(
-            [f"{method_label(g)} N_L={latent_budget(g)}" for g in members], [g["gain_mean"] for g in members],
+            [f"{method_label(g)} N_L={latent_budget(g)} (from {g['start']})" for g in members], [g["gain_mean"] for g in members],
             [g["gain_ci95"] for g in members], plots_dir / f"gain_over_start_{_slug(setting)}.png",
             f"{setting}: paired gain over the start (green/red: CI clears 0)")))
 
