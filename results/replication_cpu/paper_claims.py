@@ -14,7 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
-from latentreason.experiments import collect, latent_budget, method_label, t_critical_95
+from latentreason.experiments import collect, latent_budget, mean_ci95, method_label
 
 SWEEP = Path(__file__).resolve().parent
 
@@ -36,8 +36,9 @@ def paired(cells: dict, s: str, a: tuple[str, int], b: tuple[str, int], key: str
             diffs.append(ra[key] - rb[key])
     if not diffs:
         return None
-    half = t_critical_95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return {"mean": statistics.fmean(diffs), "half": half, "n": len(diffs), "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+    mean, half = mean_ci95(diffs)
+    return {"mean": mean, "half": float("nan") if half is None else half, "n": len(diffs),
+            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
 
 
 def verdict(d: dict | None) -> str:

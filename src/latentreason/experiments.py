@@ -308,6 +308,14 @@ def t_critical_95(dof: int) -> float:
     return table.get(dof, 1.96)
 
 
+def mean_ci95(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its two-sided 95% Student-t interval (None for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_critical_95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and 95% CI over seeds of each configuration (GROUP_KEYS); costs averaged."""
     groups: dict[tuple, list[dict]] = {}
@@ -316,11 +324,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(key, []).append(row)
     table = []
     for key, members in groups.items():
-        accuracies = [m["accuracy"] for m in members]
-        mean = statistics.fmean(accuracies)
-        if len(accuracies) > 1:
-            half = t_critical_95(len(accuracies) - 1) * statistics.stdev(accuracies) / math.sqrt(len(accuracies))
-        else:  # one seed: fall back to the binomial (Wilson) interval of that run
+        mean, half = mean_ci95([m["accuracy"] for m in members])
+        if half is None:  # one seed: fall back to the binomial (Wilson) interval of that run
             low, high = members[0]["accuracy_ci95"]
             half = (high - low) / 2
         entry = dict(zip(GROUP_KEYS, key))
@@ -347,16 +352,17 @@ def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_run = {row["run"]: row for row in rows}
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for row in rows:
-        start = by_run.get(Path(str(row.get("train.init_from") or "")).name) if row.get("train.init_from") else None
+        init_from = row.get("train.init_from")
+        start = by_run.get(Path(init_from).name) if init_from else None
         if start is not None:
             key = tuple(identity_value(row, k) for k in GROUP_KEYS)
             groups.setdefault(key, []).append((row, start))
     out = []
     for key, pairs in groups.items():
         gains = [row["accuracy"] - start["accuracy"] for row, start in pairs]
-        half = t_critical_95(len(gains) - 1) * statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else None
+        mean, half = mean_ci95(gains)
         out.append(dict(zip(GROUP_KEYS, key)) | {
-            "start": method_label(pairs[0][1]), "seeds": len(gains), "gain_mean": statistics.fmean(gains), "gain_ci95": half,
+            "start": method_label(pairs[0][1]), "seeds": len(gains), "gain_mean": mean, "gain_ci95": half,
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
         })
     return out
@@ -674,7 +680,7 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> s
     header = ["task", "method", "N_L", "seeds", "accuracy", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(table, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"])):
-        task = _task_label(row, branching_varies)
+        task = _setting(row, branching_varies)
         seconds = row.get("seconds_per_answer")
         out.append("| " + " | ".join([
             task, row["label"], str(row["N_L"]), str(row["seeds"]),
@@ -739,17 +745,13 @@ def _analysis_table(analyses: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _task_label(row: dict[str, Any], branching_varies: set[str]) -> str:
-    return f"{row['task.name']} b={row['task.branching']}" if row["task.name"] in branching_varies else str(row["task.name"])
-
-
 def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str]) -> str:
     header = ["task", "method", "N_L", "starts from", "seeds", "gain in accuracy", "better / equal / worse"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, method_label(r), latent_budget(r))):
         ci = "" if row["gain_ci95"] is None else f" ± {row['gain_ci95']:.3f}"
         out.append("| " + " | ".join([
-            _task_label(row, branching_varies), method_label(row), str(latent_budget(row)), row["start"], str(row["seeds"]),
+            _setting(row, branching_varies), method_label(row), str(latent_budget(row)), row["start"], str(row["seeds"]),
             f"{row['gain_mean']:+.3f}{ci}", f"{row['better']} / {row['equal']} / {row['worse']}",
         ]) + " |")
     return "\n".join(out)
