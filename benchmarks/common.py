@@ -327,3 +327,25 @@ def adamw(module: torch.nn.Module, env: Env) -> torch.optim.Optimizer:
     params = [p for p in module.parameters() if p.requires_grad]
     # A tiny lr: the weights barely move, so every repeat does the same work.
     return torch.optim.AdamW(params, lr=1e-7, fused=env.device.type == "cuda")
+
+
+def profile_tables(fns: dict[str, Callable[[], Any]], env: Env, out: str | None, steps: int = 3, row_limit: int = 15) -> None:
+    """torch.profiler table (operators by self time) of `steps` calls of each function: printed, and with
+    `out` appended to its .md (how a missed target is explained)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    sort = "self_device_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
+    text = []
+    for name, fn in fns.items():
+        fn()  # warm
+        sync(env.device)
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                fn()
+            sync(env.device)
+        text.append(f"### profile: {name} ({steps} calls)\n\n```\n{prof.key_averages().table(sort_by=sort, row_limit=row_limit)}\n```\n")
+    print("\n".join(text))
+    if out:
+        md = Path(out).with_suffix(".md")
+        md.write_text(md.read_text() + "\n" + "\n".join(text))

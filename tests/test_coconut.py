@@ -205,7 +205,7 @@ def fit(method: Coconut, encoded: list[EncodedExample], steps: int) -> None:
 @pytest.mark.parametrize("backbone", ["gpt2-tiny", "qwen3-tiny"])
 def test_generate_equals_slow_reference(backbone: str) -> None:
     method, encoded = make(backbone, max_latent_stage=3)  # k_i = min(3, #steps): 2, 1, 3, 3
-    fit(method, encoded, 12)
+    fit(method, encoded, 20)  # enough steps that rows differ and stop at different lengths on both backbones
     budget = 16
     with torch.no_grad():
         generation = method.generate(encoded, max_new_tokens=budget)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latentreason.backbones import build_backbone, lm_forward, new_cache
+from latentreason.checkpoint import load_run_weights
 from latentreason.config import CoprocessorConfig, MethodConfig, ModelConfig, load_config
 from latentreason.methods import build_method
 from latentreason.methods.coprocessor import Coprocessor
@@ -256,6 +257,6 @@ def test_train_pretrain_finetune_chain(tmp_path):
     assert result["params_trainable"] < result["params_total"]
     assert json.loads((tmp_path / "h1" / "eval.json").read_text())["params_coprocessor"] > 0
     # The h1 run's Base is the No-CoT Base, untouched by pretraining and fine-tuning.
-    base = torch.load(tmp_path / "base" / "model.pt")
-    final = torch.load(tmp_path / "h1" / "model.pt")
+    base = load_run_weights(tmp_path / "base")
+    final = load_run_weights(tmp_path / "h1")
     assert all(torch.equal(v, final[k]) for k, v in base.items())

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from latentreason.checkpoint import load_run_weights
 import torch.distributed as dist
 
 COMMON = [
@@ -92,9 +94,9 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path: Path) -> None
         else:
             assert any(k.startswith("model.transformer.h.") for k in changed)
         # The main process wrote the final weights; they are the ranks' weights.
-        saved = torch.load(tmp_path / name / "model.pt", weights_only=True)
+        saved = load_run_weights(tmp_path / name)
         for key in final0:
-            assert torch.equal(saved[key], final0[key]), f"{name}: model.pt differs from the trained weights at {key}"
+            assert torch.equal(saved[key], final0[key]), f"{name}: model.safetensors differs from the trained weights at {key}"
 
 
 def test_distributed_kwargs_ddp_options_and_fsdp2_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +114,8 @@ def test_distributed_kwargs_ddp_options_and_fsdp2_plugin(monkeypatch: pytest.Mon
     # The plugin itself is plain configuration: build it as on a GPU machine and check resharding.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for method, reshard in [("coconut", False), ("coprocessor", False), ("looped", False), ("cot", True)]:
-        plugin = distributed_kwargs(load_config(None, ["train.fsdp=true", f"method.name={method}"]))["fsdp_plugin"]
+        latents = ["method.n_latents=4"] if method == "coprocessor" else []  # a coprocessor needs latents
+        plugin = distributed_kwargs(load_config(None, ["train.fsdp=true", f"method.name={method}", *latents]))["fsdp_plugin"]
         assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is reshard, method
     forced = distributed_kwargs(load_config(None, ["train.fsdp=true", "method.name=coconut", "train.fsdp_reshard_after_forward=true"]))
     assert forced["fsdp_plugin"].reshard_after_forward is True

@@ -247,10 +247,10 @@ def test_aggregate_mean_and_student_t_interval_over_seeds() -> None:
     cot = table["cot"]
     assert cot["seeds"] == 3
     assert cot["accuracy_mean"] == pytest.approx(0.7)
-    assert cot["accuracy_ci95"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))  # sd of (0.5, 0.7, 0.9) is 0.2
+    assert cot["accuracy_ci95_half"] == pytest.approx(4.303 * 0.2 / math.sqrt(3))  # sd of (0.5, 0.7, 0.9) is 0.2
     assert cot["flops_per_answer"] == pytest.approx(20.0)
     # One seed: half the width of that run's own (Wilson) interval.
-    assert table["no_cot"]["seeds"] == 1 and table["no_cot"]["accuracy_ci95"] == pytest.approx(0.15)
+    assert table["no_cot"]["seeds"] == 1 and table["no_cot"]["accuracy_ci95_half"] == pytest.approx(0.15)
 
 
 # ----------------------------------------------------------------------------- analyses of real tiny runs
@@ -281,10 +281,10 @@ def test_paired_gains_compare_each_cell_with_its_own_seeds_start() -> None:
     assert set(gains) == {("soft_tokens", 4), ("coprocessor", 4)}  # no_cot has no start; the orphan's start is not in the sweep
     soft = gains[("soft_tokens", 4)]
     assert soft["start"] == "no_cot" and soft["seeds"] == 3 and soft["gain_mean"] == pytest.approx(0.05)
-    assert soft["gain_ci95"] == pytest.approx(0.0, abs=1e-12) and (soft["better"], soft["equal"], soft["worse"]) == (3, 0, 0)
+    assert soft["gain_ci95_half"] == pytest.approx(0.0, abs=1e-12) and (soft["better"], soft["equal"], soft["worse"]) == (3, 0, 0)
     liu = gains[("coprocessor", 4)]
     assert liu["gain_mean"] == pytest.approx((-0.1 + 0.0 + 0.05) / 3) and (liu["better"], liu["equal"], liu["worse"]) == (1, 1, 1)
-    assert liu["gain_ci95"] == pytest.approx(4.303 * statistics.stdev([-0.1, 0.0, 0.05]) / math.sqrt(3))
+    assert liu["gain_ci95_half"] == pytest.approx(4.303 * statistics.stdev([-0.1, 0.0, 0.05]) / math.sqrt(3))
 
 
 def test_analyze_cot_run_has_nothing_to_analyze(tmp_path: Path, capsys) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from latentreason.backbones import build_backbone, lm_forward, new_cache
+from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
 from latentreason.config import ModelConfig, RunConfig, load_config
 from latentreason.errors import UserInputError
@@ -116,7 +117,7 @@ def test_cot_training_lowers_loss_and_changes_every_parameter(tmp_path):
     summary = train(cfg, progress=False)
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert losses[-1] < 0.7 * losses[0]
-    after = torch.load(tmp_path / "run" / "model.pt")
+    after = load_run_weights(tmp_path / "run")
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
     assert not unchanged, f"parameters never updated: {unchanged}"
     for key in ("accuracy", "accuracy_ci95", "forward_passes_per_answer", "flops_per_answer", "seconds_per_answer"):
@@ -129,10 +130,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     resumed = tiny_run(tmp_path / "b", "train.epochs=3")
     train(straight, progress=False, evaluate_at_end=False)
     assert train(resumed, progress=False, stop_after_steps=5) == {"stopped_at_step": 5}
-    assert (tmp_path / "b" / "run" / "checkpoint.pt").exists()
+    assert (tmp_path / "b" / "run" / "checkpoint.safetensors").exists()
     train(resumed, progress=False, evaluate_at_end=False)
-    a = torch.load(tmp_path / "a" / "run" / "model.pt")
-    b = torch.load(tmp_path / "b" / "run" / "model.pt")
+    a = load_run_weights(tmp_path / "a" / "run")
+    b = load_run_weights(tmp_path / "b" / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
     log_a = [json.loads(x)["loss"] for x in open(tmp_path / "a" / "run" / "metrics.jsonl")]
     log_b = [json.loads(x)["loss"] for x in open(tmp_path / "b" / "run" / "metrics.jsonl")]
@@ -142,10 +143,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_finished_run_is_never_overwritten(tmp_path):
     cfg = tiny_run(tmp_path, "train.max_steps=1")
     train(cfg, progress=False)
-    stamp = (tmp_path / "run" / "model.pt").stat().st_mtime_ns
+    stamp = (tmp_path / "run" / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(UserInputError, match="already finished"):
         train(cfg, progress=False)
-    assert (tmp_path / "run" / "model.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "run" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 # ----------------------------------------------------------------------------- evaluation

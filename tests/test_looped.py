@@ -57,7 +57,11 @@ def calibrate_gate(method: Looped, examples, q: float, max_new: int) -> None:
             ids = torch.tensor([example.question_ids + tokens])
             states = method.loop_states(ids, torch.ones_like(ids), torch.arange(ids.shape[1]).view(1, -1))
             scores.append(method.gate(method.parts.norm(states[0][0, len(example.question_ids) - 1:])).squeeze(-1))
-        method.gate.bias.fill_(math.log(q / (1 - q)) - float(torch.cat(scores).median()))
+        # Cut halfway between the two middle scores, not on the median itself: a token sitting exactly on the
+        # threshold exits one way or the other by float rounding (the cached and uncached paths disagreed).
+        ordered = torch.cat(scores).sort().values
+        middle = len(ordered) // 2
+        method.gate.bias.fill_(math.log(q / (1 - q)) - float(ordered[middle - 1] + ordered[middle]) / 2)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from latentreason.tasks import countdown as cd
 from latentreason.tasks import prosqa as pq
 from latentreason.tasks.gsm8k import parse_number, parse_solution
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 PROSQA_VALID = DATA / "prosqa" / "prosqa_valid.json"
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 
@@ -97,10 +97,12 @@ def test_prosqa_generator_params():
     assert all(8 <= len(e.steps) <= 9 for e in deep)
     mixed = {len(e.steps) for e in task.generate(40, seed=3, min_depth=5, max_depth=8)}
     assert mixed == {5, 6, 7, 8}
-    tight = task.generate(10, seed=4, min_depth=6, max_depth=6, n_nodes=9)  # smallest that fits
-    assert all(len(e.meta["idx_to_symbol"]) == 9 and len(e.steps) == 6 for e in tight)
+    # Smallest that fits: two people, each with its own 6-concept chain (the negative target's
+    # chain is as long as the answer's, so depth is no shortcut).
+    tight = task.generate(10, seed=4, min_depth=6, max_depth=6, n_nodes=14)
+    assert all(len(e.meta["idx_to_symbol"]) == 14 and len(e.steps) == 6 for e in tight)
     for bad in ({"min_depth": 0}, {"min_depth": 4, "max_depth": 3}, {"n_nodes": 5},
-                {"depth": 3}):
+                {"min_depth": 6, "max_depth": 6, "n_nodes": 13}, {"depth": 3}):
         with pytest.raises(UserInputError):
             task.generate(2, seed=0, **bad)
 
@@ -189,7 +191,7 @@ def test_countdown_generated_instances_are_solved_and_verified(branching, n, see
     for ex in examples:
         numbers, target = ex.meta["numbers"], ex.meta["target"]
         assert len(numbers) == branching and all(1 <= x <= 99 for x in numbers)
-        assert lo <= target <= hi and not cd.is_heldout_target(target)
+        assert lo <= target <= hi and not cd.is_heldout(numbers, target)
         assert ex.question == f"Numbers: {' '.join(map(str, numbers))}. Target: {target}."
         assert cd.solve(numbers, target) == ex.steps
         assert len(ex.steps) == branching - 1  # all numbers used
@@ -209,13 +211,20 @@ def test_countdown_generator_is_deterministic():
     assert a != task.generate(10, seed=4, branching=4)
 
 
-def test_countdown_heldout_targets_are_disjoint():
+def test_countdown_heldout_instances_are_disjoint():
+    # Held out by instance (numbers and target), not by target value: see the countdown docstring.
     task = get_task("countdown")
-    train = {e.meta["target"] for e in task.generate(80, seed=0, branching=3, split="train")}
-    test = {e.meta["target"] for e in task.generate(30, seed=0, branching=3, split="test")}
+
+    def instance(e):
+        return tuple(sorted(e.meta["numbers"])), e.meta["target"]
+
+    train = {instance(e) for e in task.generate(80, seed=0, branching=3, split="train")}
+    test = {instance(e) for e in task.generate(30, seed=0, branching=3, split="test")}
     assert train and test and not train & test
-    assert all(cd.is_heldout_target(t) for t in test)
-    share = sum(cd.is_heldout_target(t) for t in range(10, 1000)) / 990
+    assert all(cd.is_heldout(list(nums), t) for nums, t in test)
+    assert cd.is_heldout([5, 7, 61], 73) == cd.is_heldout([61, 5, 7], 73)  # order-free
+    share = sum(cd.is_heldout([a, b], t) for a in range(1, 30) for b in range(1, 30)
+                for t in range(10, 40)) / (29 * 29 * 30)
     assert 0.05 < share < 0.15
     custom = task.generate(5, seed=0, branching=4, target_min=20, target_max=30, split="all")
     assert all(20 <= e.meta["target"] <= 30 for e in custom)
@@ -246,7 +255,7 @@ def test_countdown_verifier_accepts_valid_forms():
     assert cd.verify("61 + 23 + 5 + 7 = 96", nums, target)
     assert cd.verify("61+23=84\n5+7=12\n84+12=96", nums, target)
     assert cd.verify("61 × 23 − 61 × 23 + 96", [61, 23, 61, 23, 96], 96)
-    assert cd.verify("(23 - 7) * 6", [23, 7, 6, 9], 96)  # subset of the numbers is fine
+    assert not cd.verify("(23 - 7) * 6", [23, 7, 6, 9], 96)  # one rule: all numbers, exactly once
     assert cd.verify("-5 + 101", [5, 101], 96)  # unary minus introduces no number
     assert cd.verify("96.", [96], 96)
 
@@ -420,8 +429,9 @@ def test_gsm8k_loader_errors(tmp_path):
     assert err.value.line == 3
     with pytest.raises(UserInputError):
         task.load(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(UserInputError, match="no generator"):
-        task.generate(1, seed=0)
+    # The only generator is the synthetic smoke-test one (not GSM8K); it takes no parameters.
+    with pytest.raises(UserInputError, match="unknown generator parameter"):
+        task.generate(1, seed=0, branching=3)
 
 
 # ----------------------------------------------------------------------------- generated-data cache

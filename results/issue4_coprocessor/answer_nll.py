@@ -17,6 +17,7 @@ import torch
 
 from latentreason.config import RunConfig, from_dict, read_yaml
 from latentreason.experiments import markdown_table
+from latentreason.checkpoint import weights_path
 from latentreason.training import build_run, load_weights
 
 
@@ -25,7 +26,7 @@ def answer_nll(run_dir: Path, batch_size: int = 50) -> float:
     cfg = from_dict(RunConfig, read_yaml(run_dir / "config.yaml"))
     cfg.train.init_from = None  # the run's own weights, tokenizer from the run dir
     run = build_run(cfg, run_dir)
-    load_weights(run.method, run_dir / "model.pt")
+    load_weights(run.method, weights_path(run_dir))  # model.safetensors, or model.pt of older runs
     method = run.method.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(run.eval_set), batch_size):

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 
 from latentreason.config import RunConfig, from_dict, read_yaml
 from latentreason.methods.looped import exit_distribution
+from latentreason.checkpoint import weights_path
 from latentreason.training import build_run, load_weights
 
 torch.set_num_threads(1)
 for run_dir in map(Path, sys.argv[1:]):
     run = build_run(from_dict(RunConfig, read_yaml(run_dir / "config.yaml")), run_dir)
-    load_weights(run.method, run_dir / "model.pt")
+    load_weights(run.method, weights_path(run_dir))  # model.safetensors, or model.pt of older runs
     m = run.method.eval()
     batch = m.collate(run.eval_set[:100])
     with torch.no_grad():

@@ -29,6 +29,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from latentreason.backbone_names import backbone_kind, check_hub_backbone
 from latentreason.config import ModelConfig
 from latentreason.errors import UserInputError
 from latentreason.tokenization import add_latent_tokens, train_tokenizer
@@ -117,15 +118,19 @@ def build_backbone(
         gguf = smollm2_gguf_path()
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    elif os.path.isdir(name) or "/" in name:
-        # A local directory, or a hub id the user already has cached; we never force a download in tests.
+    else:
+        # A local HF directory, or a hub id (`gpt2`, `org/name`): cached, or downloaded when the hub is reachable.
+        # Both checks run before transformers, which would otherwise retry an unreachable hub for ~45 s.
+        from_hub = backbone_kind(name) == "hub"
+        if from_hub:
+            check_hub_backbone(name)
         try:
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
         except OSError as error:
-            raise UserInputError(f"could not load backbone {name!r}: {error}") from None
-    else:
-        raise UserInputError(f"unknown backbone {name!r}; expected one of {known_backbones()}, a local HF directory or a hub id")
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            what = "unknown backbone {!r}: the Hugging Face hub did not give it" if from_hub else "could not load backbone {!r}"
+            raise UserInputError(f"{what.format(name)} ({first_line})") from None
     add_latent_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))

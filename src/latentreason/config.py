@@ -6,14 +6,51 @@ A run is fully described by one `RunConfig`; the resolved config is written as `
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from latentreason.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric config field, checked by the loader (attach with `Annotated`)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+
+PositiveInt = Annotated[int, Range(low=1)]
+NonNegativeInt = Annotated[int, Range(low=0)]
+PositiveFloat = Annotated[float, Range(low=0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(low=0)]
+Probability = Annotated[float, Range(low=0, high=1)]
+
+MethodName = Literal["no_cot", "cot", "soft_tokens", "coconut", "coprocessor", "looped"]
+"""Must equal the keys of methods.METHODS (a test keeps them in step; this module must not import torch)."""
+TaskName = Literal["prosqa", "countdown", "gsm8k"]
+"""Must equal the keys of tasks.TASKS (a test keeps them in step)."""
 
 
 @dataclass
@@ -22,17 +59,17 @@ class ModelConfig:
 
     backbone: str = "gpt2-tiny"
     """Registry name (gpt2-tiny, qwen3-tiny, llama-tiny, smollm2-135m), a local HF directory, or a hub id."""
-    n_layer: int = 2
+    n_layer: PositiveInt = 2
     """Layers of a from-scratch tiny model."""
-    n_embd: int = 64
+    n_embd: PositiveInt = 64
     """Hidden width of a from-scratch tiny model."""
-    n_head: int = 4
+    n_head: PositiveInt = 4
     """Attention heads of a from-scratch tiny model."""
-    max_positions: int = 512
+    max_positions: PositiveInt = 512
     """Maximum sequence length of a from-scratch tiny model."""
-    tokenizer_vocab_size: int = 1024
+    tokenizer_vocab_size: PositiveInt = 1024
     """Vocabulary size of the offline BPE tokenizer trained for from-scratch models."""
-    dropout: float = 0.0
+    dropout: Annotated[float, Range(low=0, high=1, high_open=True)] = 0.0
     """Dropout of from-scratch models (0 keeps runs bit-reproducible across resume)."""
 
 
@@ -40,15 +77,15 @@ class ModelConfig:
 class TaskConfig:
     """Which task and data to use."""
 
-    name: str = "prosqa"
+    name: TaskName = "prosqa"
     """Task registry name: prosqa, countdown, gsm8k."""
     train_path: str | None = None
     """File of training examples; when unset the task generator is used."""
     eval_path: str | None = None
     """File of evaluation examples; when unset the task generator is used (with a different seed)."""
-    train_size: int = 2000
+    train_size: NonNegativeInt = 2000
     """Number of generated training examples (or cap on loaded ones; 0 = all loaded)."""
-    eval_size: int = 200
+    eval_size: NonNegativeInt = 200
     """Number of generated evaluation examples (or cap on loaded ones; 0 = all loaded)."""
     seed: int = 0
     """Generator seed for the training split; the eval split uses seed + 1_000_003."""
@@ -56,20 +93,30 @@ class TaskConfig:
     """Countdown: number of input numbers (the branching factor)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra generator keyword arguments (task specific)."""
+    stream: bool | None = None
+    """Train on fresh generated examples every step instead of cycling `train_size` of them (data.ExampleStream).
+    None = stream exactly when the training split is generated (train_path unset). A run's length is the same
+    rule either way: epochs x (train_size // examples per step) steps, capped by train.max_steps; with the
+    stream an epoch is a virtual one (the next train_size examples), which Coconut's curriculum counts."""
+    stream_chunk_size: PositiveInt = 256
+    """Streaming: examples generated per chunk (chunk k uses a seed hashed from task.seed and k). Part of
+    the stream's definition: another value gives other examples."""
+    stream_prefetch: bool = True
+    """Streaming: generate the next chunk in a worker process while training reads the current one."""
 
 
 @dataclass
 class CoconutConfig:
     """Coconut curriculum (Hao et al. 2024)."""
 
-    thoughts_per_step: int = 1
+    thoughts_per_step: PositiveInt = 1
     """c: latent thoughts replacing each reasoning step."""
-    epochs_per_stage: int = 1
+    epochs_per_stage: PositiveInt = 1
     """Epochs spent at each curriculum stage."""
-    max_latent_stage: int = 3
+    max_latent_stage: NonNegativeInt = 3
     """Last stage s; stage s replaces the first s steps by s*c latents (all steps when fewer remain).
     Overridden by `method.n_latents` > 0: max_latent_stage = n_latents / c (N_L = final-stage latents)."""
-    mix_prob: float = 0.0
+    mix_prob: Probability = 0.0
     """Probability of sampling a lower stage for an example (curriculum mixing)."""
     reset_optimizer: bool = True
     """Fresh optimizer state at each stage boundary, as in the reference implementation."""
@@ -84,19 +131,19 @@ class CoconutConfig:
 class CoprocessorConfig:
     """Base + Coprocessor dual architecture (Liu et al. 2024; Coda-Forno et al. 2025)."""
 
-    variant: str = "liu"
+    variant: Literal["liu", "h1", "h2"] = "liu"
     """liu (frozen Base, latents as input embeddings), h1 (frozen Base, per-layer KV concat), h2 (joint)."""
-    init: str = "base"
+    init: Literal["base", "fresh"] = "base"
     """Coprocessor weights: copy of the Base (`base`) or freshly initialised (`fresh`)."""
-    injection: str = "embeddings"
+    injection: Literal["embeddings", "kv"] = "embeddings"
     """h2 only: how latents reach the Base, `embeddings` or `kv`."""
-    lora_rank: int = 0
+    lora_rank: NonNegativeInt = 0
     """h2 only: when > 0, train the Base through LoRA adapters of this rank instead of fully."""
-    pretrain_points: int = 4
+    pretrain_points: PositiveInt = 4
     """Pretraining: augmentation points M per sequence."""
-    pretrain_ahead: int = 8
+    pretrain_ahead: PositiveInt = 8
     """Pretraining: ahead tokens N_A predicted after each point."""
-    pretrain_seq_len: int = 64
+    pretrain_seq_len: PositiveInt = 64
     """Pretraining: tokens per packed text sequence (points are drawn inside it)."""
     pretrain_corpus: str = "task"
     """Pretraining text: `task` (the task's train split written out as question, steps, answer) or a .txt path."""
@@ -106,19 +153,19 @@ class CoprocessorConfig:
 class LoopedConfig:
     """Ouro-style looped LM."""
 
-    loops: int = 4
+    loops: PositiveInt = 4
     """T: times the shared layer stack is applied."""
-    entropy_beta: float = 0.05
+    entropy_beta: NonNegativeFloat = 0.05
     """beta of the entropy regulariser on the exit distribution."""
-    stage: int = 1
+    stage: Literal[1, 2] = 1
     """1: train model + gate with the expected loss; 2: freeze model, train the gate on loss improvement."""
     gate_threshold: float = 0.005
     """Stage II: improvement below which continuing is not worth it (target exit)."""
-    gate_slope: float = 50.0
+    gate_slope: PositiveFloat = 50.0
     """Stage II: slope of the sigmoid turning the improvement into a soft target."""
-    exit_q: float = 1.0
+    exit_q: Annotated[float, Range(low=0, high=1, low_open=True)] = 1.0
     """Q-exit threshold at inference: exit at the first loop whose exit CDF reaches q (1.0 = all loops)."""
-    kv_policy: str = "reuse"
+    kv_policy: Literal["recompute", "reuse", "per_loop"] = "reuse"
     """KV for positions that exited early: recompute, reuse (last computed loop), or per_loop."""
     use_steps: bool = True
     """Train on question -> steps + answer (like CoT); false trains on question -> answer only."""
@@ -132,11 +179,11 @@ class LoopedConfig:
 class MethodConfig:
     """Which latent-reasoning method, and its latent budget."""
 
-    name: str = "cot"
+    name: MethodName = "cot"
     """Registry name: no_cot, cot, soft_tokens, coconut, coprocessor, looped."""
-    n_latents: int = 0
+    n_latents: NonNegativeInt = 0
     """N_L: latent slots per answer (the matched latent budget)."""
-    placement: str = "after_question"
+    placement: Literal["after_question", "prefix"] = "after_question"
     """soft_tokens: where the soft embeddings go, `after_question` or `prefix`."""
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
     coprocessor: CoprocessorConfig = field(default_factory=CoprocessorConfig)
@@ -147,29 +194,52 @@ class MethodConfig:
 class TrainConfig:
     """The one training loop."""
 
-    epochs: int = 5
+    epochs: PositiveInt = 5
     """Passes over the training set (Coconut: total over all curriculum stages)."""
-    max_steps: int = 0
+    max_steps: NonNegativeInt = 0
     """Stop after this many optimizer steps when > 0 (used by tests and benchmarks)."""
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     """Examples per micro-batch per process."""
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     """Micro-batches per optimizer step."""
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     """Peak AdamW learning rate."""
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_steps: NonNegativeInt = 20
     """Linear warmup steps before cosine decay to 10% of lr."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: PositiveFloat = 1.0
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """At a non-finite loss or gradient norm: `stop` (exit 3, the last good checkpoint kept; resume with
+    `skip` to go past it) or `skip` (that batch changes no weight; counted in done.json `nonfinite_skipped`)."""
     seed: int = 0
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto (bf16 on GPUs that support it, fp32 on CPU), fp32, bf16."""
-    checkpoint_every: int = 0
+    checkpoint_every: NonNegativeInt = 0
     """Save a checkpoint every N optimizer steps (0: only at epoch ends and at the end)."""
-    log_every: int = 10
+    log_every: PositiveInt = 10
+    eval_every: NonNegativeInt = 0
+    """Learning curves: every N optimizer steps (and at the last one) score the held-out eval split and a
+    train sample into metrics.jsonl (`eval_accuracy`, `eval_well_formed_rate`, ...) and redraw
+    RUN_DIR/learning_curves.png (0: no periodic evaluation)."""
+    eval_every_size: NonNegativeInt = 0
+    """Learning curves: score only the first N eval examples each time, for speed (0: the whole eval split)."""
+    eval_train_size: NonNegativeInt = 64
+    """Learning curves: also score the first N examples of the training split (0: skip)."""
+    early_stop_patience: NonNegativeInt = 0
+    """Stop training after this many periodic evaluations in a row without a new best eval accuracy
+    (needs eval_every > 0; 0: never stop early). The final weights are the last ones, not the best."""
+    trackers: str = "auto"
+    """Experiment trackers (Accelerate's): `auto` (TensorBoard in RUN_DIR/tb/ when the tensorboard package is
+    installed, else none), `none`, or a comma list such as `tensorboard,wandb` or `mlflow` (each must be
+    installed). metrics.jsonl is written either way."""
     tensorboard: bool = False
+    """Old switch, kept so existing run configs load: true asks for TensorBoard (an error when not installed)."""
     compile: bool = False
     """Regional torch.compile of the backbone's decoder layers (GPU only)."""
+    bucket_by_length: bool = False
+    """Batch examples of similar length together (within windows of 64 micro-batches of the shuffled order;
+    the batches' order stays random), so less compute goes to padding (ProsQA: ~20% of a random batch).
+    Changes which examples share a batch, so a run with it is a different run. See benchmarks/bench_train.py."""
     find_unused_parameters: bool = False
     """Multi-process DDP: search the graph for trainable parameters that got no gradient this step. Only
     needed when a trainable parameter can sit out a step (frozen ones, requires_grad=False, never matter);
@@ -187,8 +257,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 64
-    max_new_tokens: int = 64
+    batch_size: PositiveInt = 64
+    max_new_tokens: PositiveInt = 64
     """Greedy decoding budget per answer."""
 
 
@@ -212,6 +282,19 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the field's type, with an error that names the key."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:  # a base type plus a Range beside the field
+        value = _coerce(value, args[0], where)
+        for check in args[1:]:
+            if isinstance(check, Range) and value is not None and not check.holds(value):
+                raise UserInputError(f"config key {where!r}: expected a value {check.describe()}, got {value!r}")
+        return value
+    if origin is Literal:
+        for choice in args:  # exact type too: True must not pass as 1, nor "1" as 1
+            if type(value) is type(choice) and value == choice:
+                return value
+        section, _, leaf = where.rpartition(".")
+        noun = section.rpartition(".")[2] if leaf == "name" and section else leaf  # "unknown task 'x'"
+        raise UserInputError(f"config key {where!r}: unknown {noun} {value!r}; expected one of {list(args)}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise UserInputError(f"config key {where!r}: expected a mapping, got {value!r}")
@@ -229,12 +312,20 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if str(value).lower() in ("false", "0", "no"):
             return False
     elif annotation in (int, float, str):
+        if annotation is not str and isinstance(value, bool):  # YAML reads yes/no/true as booleans
+            raise UserInputError(f"config key {where!r}: expected {annotation.__name__}, got {value!r} (a yes/no value)")
+        if isinstance(value, (dict, list)):
+            raise UserInputError(f"config key {where!r}: expected {annotation.__name__}, got {value!r}")
         try:
             if annotation is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return annotation(value)
-        except (TypeError, ValueError):
+            converted = annotation(value)
+        except (TypeError, ValueError, OverflowError):
             pass
+        else:
+            if isinstance(converted, float) and not math.isfinite(converted):
+                raise UserInputError(f"config key {where!r}: expected a finite number, got {value!r}")
+            return converted
     elif origin is dict or annotation is dict:
         if isinstance(value, dict):
             return value
@@ -244,14 +335,48 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict; unknown keys are errors (typos must not pass silently)."""
-    hints = typing.get_type_hints(cls)
+    """Build dataclass `cls` from a nested dict; unknown keys are errors (typos must not pass silently).
+
+    Every value is checked against its field's type, Literal choices and Range; a whole RunConfig also
+    gets the checks that span several fields (`validate`), so nothing bad reaches data generation or training.
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise UserInputError(f"unknown config key(s) {sorted(prefix + k for k in unknown)}; expected one of {sorted(prefix + n for n in names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    if cls is RunConfig:
+        validate(config)
+    return config
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that span several fields (single fields are checked by the loader against their annotations)."""
+    from latentreason.backbone_names import PRETRAINED_ALIASES, TINY_BACKBONE_NAMES, backbone_kind  # light: no torch
+
+    model = cfg.model
+    if model.backbone in TINY_BACKBONE_NAMES:
+        if model.n_embd % model.n_head:
+            raise UserInputError(f"config key 'model.n_embd': {model.n_embd} is not divisible by model.n_head={model.n_head}")
+        head_dim = model.n_embd // model.n_head
+        if model.backbone != "gpt2-tiny" and head_dim % 2:
+            raise UserInputError(f"config key 'model.n_embd': {model.backbone} needs an even head size (rotary embeddings), got n_embd/n_head = {head_dim}")
+        if model.backbone == "qwen3-tiny" and model.n_head % max(1, model.n_head // 2):
+            raise UserInputError(f"config key 'model.n_head': qwen3-tiny uses n_head // 2 key-value heads, which must divide n_head={model.n_head}")
+    elif model.backbone not in PRETRAINED_ALIASES:
+        # A local HF directory (must hold config.json) or a hub id such as `gpt2` or `org/name`; whether a hub
+        # id can be loaded (cache / network) is checked by the CLI and build_backbone, not here.
+        backbone_kind(model.backbone)
+    method = cfg.method
+    if method.name == "coprocessor":
+        if method.n_latents < 1:
+            raise UserInputError(f"config key 'method.n_latents': the coprocessor needs at least 1 latent, got {method.n_latents}")
+        if method.coprocessor.lora_rank > 0 and method.coprocessor.variant != "h2":
+            raise UserInputError(f"config key 'method.coprocessor.lora_rank': LoRA applies to the trained Base of variant h2 only, got variant {method.coprocessor.variant!r}")
+    if method.name == "coconut" and method.n_latents > 0 and not method.coconut.fixed_latents and method.n_latents % method.coconut.thoughts_per_step:
+        raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of method.coconut.thoughts_per_step={method.coconut.thoughts_per_step}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -290,14 +415,25 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping. Missing, a directory, not UTF-8, malformed or empty: a UserInputError."""
     path = Path(path)
     if not path.exists():
         raise UserInputError("config file not found", path=str(path))
+    if path.is_dir():
+        raise UserInputError("is a directory; expected a YAML config file", path=str(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"not UTF-8 text (byte {error.start}); expected a YAML config file", path=str(path)) from None
+    except OSError as error:
+        raise UserInputError(f"cannot read config file: {error.strerror}", path=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise UserInputError(f"malformed YAML: {getattr(error, 'problem', error)}", path=str(path), line=mark.line + 1 if mark else None) from None
+    if data is None:  # an empty file: never fall back to defaults silently (a truncated run dir config looks like this)
+        raise UserInputError("empty config file; expected a YAML mapping (use `{}` for all defaults)", path=str(path))
     if not isinstance(data, dict):
         raise UserInputError("expected a YAML mapping at top level", path=str(path))
     return data
@@ -310,7 +446,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return from_dict(cls, data)
     except UserInputError as error:
-        raise UserInputError(str(error), path=str(path) if path else None) from None
+        line = _key_line(path, str(error)) if path else None
+        raise UserInputError(str(error), path=str(path) if path else None, line=line) from None
+
+
+_KEY_IN_MESSAGE = re.compile(r"^config key '([\w.]+)'")
+
+
+def _key_line(path: str | Path, message: str) -> int | None:
+    """The line of the YAML key a config error names (`config key 'train.lr': ...`), for FILE:LINE errors;
+    None when the key comes from an override or a default."""
+    match = _KEY_IN_MESSAGE.match(message)
+    if not match:
+        return None
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for part in match.group(1).split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        found = next(((key, value) for key, value in node.value if getattr(key, "value", None) == part), None)
+        if found is None:
+            return line
+        line, node = found[0].start_mark.line + 1, found[1]
+    return line
 
 
 def save_config(config: Any, path: str | Path) -> None:

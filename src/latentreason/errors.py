@@ -21,3 +21,23 @@ class UserInputError(Exception):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+class RunFailed(Exception):
+    """A run stopped for a reason that is not bad input (diverged, disk full): the CLI prints one
+    `error: ...` line and exits with `exit_code`. Not a UserInputError: a sweep marks that cell failed
+    and goes on."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(RunFailed):
+    """A non-finite loss, gradient norm or weight: training stopped and nothing non-finite was saved."""
+
+    exit_code = 3
+
+
+class DiskFull(RunFailed):
+    """No space left while writing a run file; the partial file was removed, older files are intact."""
+
+    exit_code = 4

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +15,17 @@ from tqdm.auto import tqdm
 from latentreason.methods.base import LatentMethod
 from latentreason.tasks import Task
 from latentreason.tokenization import EncodedExample
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Infinity: non-finite floats become null (recursively in lists and dicts)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -27,6 +39,34 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+CHANCE_ACCURACY: dict[str, float] = {"prosqa": 0.5}
+"""Accuracy of a uniform guess among the answer options, for tasks where it is known (ProsQA: two options)."""
+
+
+def shortcut_ceiling(task: Task, examples: Sequence[EncodedExample]) -> float | None:
+    """Best accuracy of the no-reasoning heuristics of `tasks/audit.py` on `examples`, or None when that
+    audit (or a ceiling for this task) is not available."""
+    try:
+        from latentreason.tasks import audit
+    except ImportError:
+        return None
+    ceiling = getattr(audit, "shortcut_ceiling", None)
+    if ceiling is None:
+        return None
+    try:
+        value = ceiling(task.name, [e.example for e in examples])
+    except Exception as error:  # a reference line must never lose a finished run's evaluation
+        print(f"warning: no shortcut ceiling for this eval split ({type(error).__name__}: {error})", file=sys.stderr)
+        return None
+    return None if value is None else float(value)
+
+
+def task_baselines(task: Task, examples: Sequence[EncodedExample]) -> dict[str, float]:
+    """The no-reasoning reference points known for `task` on `examples` (printed beside accuracy)."""
+    found = {"chance_accuracy": CHANCE_ACCURACY.get(task.name), "shortcut_ceiling": shortcut_ceiling(task, examples)}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 @torch.no_grad()
 def evaluate(
     method: LatentMethod,
@@ -36,13 +76,20 @@ def evaluate(
     max_new_tokens: int = 64,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    baselines: bool = True,
 ) -> dict:
-    """Score `method` on `examples`; write eval.json and predictions.jsonl under `out_dir` when given."""
+    """Score `method` on `examples`; write eval.json and predictions.jsonl under `out_dir` when given.
+
+    Besides accuracy, the summary holds the rate of every check of `task.diagnostics` (e.g.
+    `well_formed_rate`) and, with `baselines`, the accuracy a no-reasoning answerer gets on these examples
+    (`chance_accuracy`, `shortcut_ceiling`; absent when unknown).
+    """
     was_training = method.training
     method.eval()
     records = []
     total_time = 0.0
     extra: dict[str, list[float]] = {}
+    diagnostic_keys: dict[str, None] = {}  # insertion-ordered set
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc=f"eval {method.name}", disable=not progress, leave=False):
         chunk = list(examples[start: start + batch_size])
@@ -55,6 +102,8 @@ def evaluate(
                 extra.setdefault(key, []).append(float(value) * len(chunk))
         for i, encoded in enumerate(chunk):
             text = method.tokenizer.decode(generation.token_ids[i], skip_special_tokens=True)
+            checks = task.diagnostics(text, encoded.example)
+            diagnostic_keys.update(checks)
             records.append({
                 "question": encoded.example.question,
                 "gold": encoded.example.answer,
@@ -64,6 +113,7 @@ def evaluate(
                 "forward_passes": generation.forward_passes[i],
                 "latent_slots": generation.latent_slots[i],
                 "flops": generation.flops[i],
+                **{key: bool(value) for key, value in checks.items()},
             })
     method.train(was_training)
     n = len(records)
@@ -83,6 +133,8 @@ def evaluate(
         "seconds_per_answer": total_time / max(n, 1),
         "answers_per_second": n / total_time if total_time > 0 else float("nan"),
         "batch_size": batch_size,
+        **{f"{key}_rate": sum(bool(r.get(key)) for r in records) / max(n, 1) for key in diagnostic_keys},
+        **(task_baselines(task, examples) if baselines else {}),
         **{key: sum(values) / max(n, 1) for key, values in extra.items()},
         **{f"params_{k}": v for k, v in method.parameter_counts().items()},
     }
@@ -92,5 +144,5 @@ def evaluate(
         with open(out / "predictions.jsonl", "w") as handle:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
-        (out / "eval.json").write_text(json.dumps(summary, indent=2))
+        (out / "eval.json").write_text(json.dumps(finite_or_none(summary), indent=2, allow_nan=False))
     return summary

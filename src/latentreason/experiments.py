@@ -28,6 +28,7 @@ too). `write_report(sweep_dir)` (`latentreason report`) writes SWEEP_DIR/report.
 from __future__ import annotations
 
 import csv
+import fcntl
 import itertools
 import json
 import math
@@ -35,6 +36,7 @@ import os
 import re
 import socket
 import statistics
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -147,65 +149,150 @@ def parse_flat(text: str) -> dict[str, Any]:
 
 
 CLAIM_FILE = ".claim"
-"""Marks a cell some sweep worker is training or analysing right now (holds `host pid`), so that several
-`latentreason sweep` processes started on one config share its cells instead of racing for them."""
+"""Marks a cell some sweep worker is training or analysing right now, so that several `latentreason sweep`
+processes started on one config share its cells instead of racing for them. The claim is an exclusive
+`flock` held for as long as the worker works on the cell (the kernel drops it when the worker dies, however
+it dies); the file names the holder (`host pid`) for people and for workers on other hosts."""
+
+_held_claims: dict[Path, int] = {}
+"""Claim file -> open descriptor holding its lock, for every cell this process holds."""
 
 
 def _claim(run_dir: Path) -> bool:
-    """Atomically claim `run_dir` for this process. A claim left by a dead process on this host is stale
-    and taken over; a claim from another host cannot be checked and is respected (delete it by hand)."""
+    """Claim `run_dir` for this process; False when another worker holds it.
+
+    Atomic under any number of concurrent takers: the lock decides, and exactly one taker gets it. A claim
+    whose worker died (crash, kill -9) holds no lock and is taken over. A claim written on another host is
+    respected because its lock may not reach this one on a shared file system (delete it by hand if that
+    worker is dead).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CLAIM_FILE
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    host = socket.gethostname()
+    for _ in range(100):  # a retry only follows a release that raced our open: it cannot repeat for long
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = path.read_text().partition(" ") if path.exists() else ("", "", "")
-            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
-                path.unlink(missing_ok=True)  # its worker died (crash, kill -9): the cell is free again
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False  # a live worker holds it
+        try:
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(fd)
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)  # the holder released (removed) the file between our open and our lock: look again
+            continue
+        owner = os.pread(fd, 4096, 0).decode(errors="replace").partition(" ")[0]
+        if owner and owner != host:
+            os.close(fd)
             return False
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{host} {os.getpid()}".encode(), 0)
+        _held_claims[path] = fd
         return True
     return False
 
 
-def _alive(pid: int) -> bool:
+def _release(run_dir: Path) -> None:
+    """Give up this process's claim on `run_dir`: remove the file first, then unlock, so that a taker
+    that opened the old file meanwhile sees it is gone (`_claim` checks) instead of winning a dead lock."""
+    path = run_dir / CLAIM_FILE
+    fd = _held_claims.pop(path, None)
+    if fd is None:
+        return
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def warn_finished_cells(out: Path, run_dirs: list[Path]) -> None:
+    """Say loudly when a sweep will reuse finished cells instead of training them, above all committed ones
+    (a fresh clone's `sweep configs/X.yaml` would otherwise "finish" in a second from results/)."""
+    finished = [d for d in run_dirs if (d / "done.json").exists()]
+    if not finished:
+        return
+    import subprocess
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        tracked = subprocess.run(["git", "ls-files", "--", *(str(d / "done.json") for d in finished[:50])],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        tracked = ""
+    what = "COMMITTED results (tracked by git)" if tracked else "earlier results"
+    print(f"note: {len(finished)} of {len(run_dirs)} cells already finished in {out}/runs are {what} and will be "
+          f"reused, not retrained; to train them yourself pass out_dir=runs/{out.name} (any fresh folder)", file=sys.stderr)
 
 
-def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bool = True, poll_seconds: float = 10.0) -> list[dict]:
+def check_cell_data(resolved: dict[str, tuple[RunConfig, list[dict]]]) -> dict[str, str]:
+    """Load every data file that an unfinished cell names, once per file: {cell name: error} for the cells
+    whose file is bad, found before the first cell trains rather than hours into the sweep."""
+    from latentreason.tasks import get_task
+
+    errors: dict[tuple[str, str], str | None] = {}
+    bad: dict[str, str] = {}
+    for name, (cfg, _) in resolved.items():
+        if (Path(cfg.out_dir) / "done.json").exists():
+            continue
+        for data_path in filter(None, (cfg.task.train_path, cfg.task.eval_path)):
+            key = (cfg.task.name, data_path)
+            if key not in errors:
+                try:
+                    get_task(cfg.task.name).load(data_path)
+                    errors[key] = None
+                except UserInputError as error:
+                    errors[key] = str(error)
+            if errors[key] is not None:
+                bad.setdefault(name, errors[key])
+    return bad
+
+
+def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bool = True, poll_seconds: float = 10.0,
+              failures: list[str] | None = None, cell_progress: bool = False) -> list[dict]:
     """Run every unfinished cell (dependencies first), then write table.csv/json/md under out_dir.
 
     Several workers may run the same sweep at once (one per core or GPU: `latentreason sweep CONFIG &`
     twice): each claims a cell before training it (runs/NAME/.claim), skips cells other workers hold,
     waits for cells whose dependency another worker is still training, and polls every `poll_seconds`
     until nothing is left.
+
+    Every cell is resolved and validated before the first one trains. A cell with bad input (config or
+    data) or a crash fails alone: its message, naming the cell, goes to stderr and its error.txt, and
+    the other cells go on. The names of failed cells are appended to `failures` (the CLI exits 1 then).
     """
     from latentreason.training import train
 
     sweep = read_sweep(path, overrides)
     out = Path(sweep.out_dir)
+    cells = expand(sweep)
+    resolved: dict[str, tuple[RunConfig, list[dict]]] = {}
+    invalid: dict[str, str] = {}
+    for cell in cells:
+        try:
+            resolved[cell_name(cell)] = cell_config(sweep, cell, cells)
+        except UserInputError as error:
+            invalid[cell_name(cell)] = f"{path}: cell {cell_name(cell)}: {error}"
+    for name, message in check_cell_data(resolved).items():
+        invalid.setdefault(name, f"{path}: cell {name}: {message}")
+    for message in invalid.values():
+        print(f"error: {message}", file=sys.stderr)
+    warn_finished_cells(out, [Path(cfg.out_dir) for cfg, _ in resolved.values()])
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(Path(path).read_text())
-    cells = expand(sweep)
     status: dict[str, str] = {}  # cell name -> "done" | "failed" (settled for this worker)
-    failures: list[str] = []
+    failed: list[str] = [] if failures is None else failures
 
     def run_cell(cell: dict[str, Any], bar) -> str:
         """Settle one cell: "done", "failed", or "busy" (it or a dependency is held by another worker)."""
         name = cell_name(cell)
         if name in status:
             return status[name]
-        cfg, dependencies = cell_config(sweep, cell, cells)
+        if name in invalid:
+            run_dir = out / "runs" / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(invalid[name] + "\n")
+            return settle(name, "failed", bar)
+        cfg, dependencies = resolved[name]
         run_dir = Path(cfg.out_dir)
         for dependency in dependencies:
             outcome = run_cell(dependency, bar)
@@ -226,9 +313,12 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
             if not (run_dir / "done.json").exists():  # another worker may have finished it since we looked
                 try:
                     (run_dir / "error.txt").unlink(missing_ok=True)
-                    train(cfg, progress=False)
-                except UserInputError:
-                    raise
+                    train(cfg, progress=cell_progress)  # the quickstart shows each cell's step bar
+                except UserInputError as error:  # bad data or config found late: this cell only
+                    message = f"{path}: cell {name}: {error}"
+                    print(f"error: {message}", file=sys.stderr)
+                    (run_dir / "error.txt").write_text(message + "\n")
+                    return settle(name, "failed", bar)
                 except Exception:  # one broken cell must not lose the rest of the sweep; the traceback is kept
                     (run_dir / "error.txt").write_text(traceback.format_exc())
                     return settle(name, "failed", bar)
@@ -240,15 +330,15 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
                     (run_dir / "analysis_error.txt").unlink(missing_ok=True)
                 except Exception:
                     (run_dir / "analysis_error.txt").write_text(traceback.format_exc())
-                    failures.append(name + " (analysis)")
+                    failed.append(name + " (analysis)")
             return settle(name, "done", bar)
         finally:
-            (run_dir / CLAIM_FILE).unlink(missing_ok=True)
+            _release(run_dir)
 
     def settle(name: str, outcome: str, bar) -> str:
         status[name] = outcome
         if outcome == "failed":
-            failures.append(name)
+            failed.append(name)
         bar.update(1)
         return outcome
 
@@ -262,8 +352,8 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
             pending = waiting
     rows = collect(out)
     write_tables(out, rows)
-    if failures:
-        print(f"{len(failures)} cell(s) failed (see error.txt in their run dirs): {failures}")
+    if failed:
+        print(f"{len(failed)} cell(s) failed (see error.txt in their run dirs): {failed}", file=sys.stderr)
     return rows
 
 
@@ -332,11 +422,12 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry |= {
             "seeds": len(members),
             "accuracy_mean": mean,
-            "accuracy_ci95": half,
+            "accuracy_ci95_half": half,  # half-width; a per-run accuracy_ci95 is an interval
             "params_total": members[0].get("params_total"),
             "params_trainable": members[0].get("params_trainable"),
         }
-        for cost in ("flops_per_answer", "forward_passes_per_answer", "latent_slots_per_answer", "seconds_per_answer", "generated_tokens_per_answer", "mean_loops"):
+        for cost in ("flops_per_answer", "forward_passes_per_answer", "latent_slots_per_answer", "seconds_per_answer", "generated_tokens_per_answer", "mean_loops",
+                     "chance_accuracy", "shortcut_ceiling"):  # the last two: no-reasoning reference points of the eval set
             values = [m[cost] for m in members if m.get(cost) is not None]
             entry[cost] = statistics.fmean(values) if values else None
         table.append(entry)
@@ -362,7 +453,7 @@ def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         gains = [row["accuracy"] - start["accuracy"] for row, start in pairs]
         mean, half = mean_ci95(gains)
         out.append(dict(zip(GROUP_KEYS, key)) | {
-            "start": method_label(pairs[0][1]), "seeds": len(gains), "gain_mean": mean, "gain_ci95": half,
+            "start": method_label(pairs[0][1]), "seeds": len(gains), "gain_mean": mean, "gain_ci95_half": half,
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
         })
     return out
@@ -388,10 +479,10 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             writer = csv.DictWriter(handle, fieldnames=list(table[0]))
             writer.writeheader()
             writer.writerows(table)
-    shown = [c for c in [*GROUP_KEYS, "seeds", "accuracy_mean", "accuracy_ci95", "params_total", "params_trainable", "flops_per_answer", "forward_passes_per_answer", "seconds_per_answer", "mean_loops"]
+    shown = [c for c in [*GROUP_KEYS, "seeds", "accuracy_mean", "accuracy_ci95_half", "chance_accuracy", "shortcut_ceiling", "params_total", "params_trainable", "flops_per_answer", "forward_passes_per_answer", "seconds_per_answer", "mean_loops"]
              if any(r.get(c) is not None for r in table)]
     # Columns that never vary in this sweep are noise in the table.
-    shown = [c for c in shown if c in ("accuracy_mean", "accuracy_ci95", "seeds") or len({str(r.get(c)) for r in table}) > 1 or c == "method.name"]
+    shown = [c for c in shown if c in ("accuracy_mean", "accuracy_ci95_half", "seeds") or (c in ("chance_accuracy", "shortcut_ceiling") and any(r.get(c) is not None for r in table)) or len({str(r.get(c)) for r in table}) > 1 or c == "method.name"]
     (out / "table.md").write_text(markdown_table(table, shown) + "\n")
     return table
 
@@ -554,7 +645,7 @@ def plot_accuracy(rows: list[dict[str, Any]], x: str, path: Path, title: str, xl
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for row in rows:
         if row.get(x) is not None and row.get("accuracy_mean") is not None:
-            lines.setdefault(row["label"], []).append((float(row[x]), row["accuracy_mean"], row.get("accuracy_ci95") or 0.0))
+            lines.setdefault(row["label"], []).append((float(row[x]), row["accuracy_mean"], row.get("accuracy_ci95_half") or 0.0))
     for label, points in lines.items():
         points.sort()
         xs, ys, errs = zip(*points)
@@ -623,7 +714,7 @@ def write_report(sweep_dir: str | Path) -> str:
         members = sorted((g for g in gains if _setting(g, branching_varies) == setting), key=lambda g: (method_label(g), latent_budget(g)))
         figures.append((f"{setting}: gain over the starting run", plot_gains(
             [f"{method_label(g)} N_L={latent_budget(g)} (from {g['start']})" for g in members], [g["gain_mean"] for g in members],
-            [g["gain_ci95"] for g in members], plots_dir / f"gain_over_start_{_slug(setting)}.png",
+            [g["gain_ci95_half"] for g in members], plots_dir / f"gain_over_start_{_slug(setting)}.png",
             f"{setting}: paired gain over the start (green/red: CI clears 0)")))
 
     analyses = _analysis_rows(sweep_dir, rows)
@@ -644,7 +735,10 @@ def write_report(sweep_dir: str | Path) -> str:
     lines += ["## Results", "",
               "Accuracy: mean over seeds with a 95% CI half-width (Student t over seeds; with one seed, the half-width "
               "of that run's Wilson interval over eval examples). FLOPs, forward passes and latency are per answer "
-              "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1.", ""]
+              "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1. "
+              "Chance: accuracy of a uniform guess among the answer options (ProsQA: 0.5; blank where not defined). "
+              "Shortcut ceiling: best accuracy of a no-reasoning heuristic on the same eval examples (tasks/audit.py; "
+              "blank for runs evaluated before it existed). Accuracy at or below either is no evidence of reasoning.", ""]
     lines += [_results_table(table, branching_varies), ""]
     if gains:
         lines += ["## Gain over the starting model (paired by seed)", "",
@@ -677,14 +771,15 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str]) -> s
     def fmt_count(value: Any) -> str:
         return "" if value is None else f"{int(value):,}"
 
-    header = ["task", "method", "N_L", "seeds", "accuracy", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
+    header = ["task", "method", "N_L", "seeds", "accuracy", "chance", "shortcut ceiling", "params total", "params trainable", "FLOPs/answer", "fwd passes/answer", "ms/answer"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(table, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"])):
         task = _setting(row, branching_varies)
         seconds = row.get("seconds_per_answer")
         out.append("| " + " | ".join([
             task, row["label"], str(row["N_L"]), str(row["seeds"]),
-            f"{row['accuracy_mean']:.3f} ± {row['accuracy_ci95']:.3f}",
+            f"{row['accuracy_mean']:.3f} ± {row['accuracy_ci95_half']:.3f}",
+            fmt_float(row.get("chance_accuracy"), ".2f"), fmt_float(row.get("shortcut_ceiling"), ".2f"),
             fmt_count(row.get("params_total")), fmt_count(row.get("params_trainable")),
             fmt_float(row.get("flops_per_answer")), fmt_float(row.get("forward_passes_per_answer"), ".1f"),
             "" if seconds is None else f"{1000 * seconds:.2f}",
@@ -749,7 +844,7 @@ def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str]) -> str
     header = ["task", "method", "N_L", "starts from", "seeds", "gain in accuracy", "better / equal / worse"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, method_label(r), latent_budget(r))):
-        ci = "" if row["gain_ci95"] is None else f" ± {row['gain_ci95']:.3f}"
+        ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
         out.append("| " + " | ".join([
             _setting(row, branching_varies), method_label(row), str(latent_budget(row)), row["start"], str(row["seeds"]),
             f"{row['gain_mean']:+.3f}{ci}", f"{row['better']} / {row['equal']} / {row['worse']}",

@@ -30,10 +30,16 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedT
 
     Byte-level keeps decoding exact and never produces unknown tokens; digits are split one by one so
     arithmetic (Countdown, GSM8K) sees every number in the same digit vocabulary.
+
+    Every piece is encoded with a leading space (`add_prefix_space=True`) so a word is the same token
+    wherever it stands: without it "Tom" opening a CoT step and " Tom" inside the question were two
+    different tokens, and a from-scratch model had to learn a name-to-name mapping before it could copy
+    the person into its first step (a tiny CoT model answered every ProsQA question with one fixed name
+    after 1,000 steps; docs/LOG.md, 2026-12-01).
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=True)]
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

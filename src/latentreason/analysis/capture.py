@@ -1,6 +1,6 @@
 """Collect latent vectors from a finished run: rebuild its method, load its weights, trace the eval set.
 
-    run = training.load_finished_run(run_dir, overrides)   # Run with model.pt loaded, eval mode
+    run = training.load_finished_run(run_dir, overrides)   # Run with its final weights loaded, eval mode
     z = collect_latents(run.method, run.eval_set, 64)      # [n, N_L, d] from method.trace
     b = base_side_states(run.method, run.eval_set, 64)     # [n, L, d] for Base + Coprocessor methods
 

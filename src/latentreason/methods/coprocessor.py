@@ -235,7 +235,7 @@ class Coprocessor(LatentMethod):
 
     # --- loading ---------------------------------------------------------------------------------------
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """Load, also accepting a plain-LM checkpoint (e.g. a No-CoT run's model.pt):
+        """Load, also accepting a plain-LM checkpoint (e.g. a No-CoT run's model.safetensors):
 
         - no `coprocessor.*` weights and `init: base`: the Coprocessor starts as a copy of that checkpoint's
           Base (so it is initialised from the trained Base, after loading, not from the random one);

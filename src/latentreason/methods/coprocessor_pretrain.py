@@ -12,8 +12,9 @@ tokens x[p_m : p_m + N_A] (the last latent predicts x[p_m], ahead token x[p_m + 
     2. Coprocessor over M groups of N_L soft tokens          -> Z for every point
     3. Base over M groups of (N_L latents + N_A - 1 ahead)   -> logits for every ahead token
 
-Passes 2 and 3 use a 4-D mask over [sequence K/V | groups]: a group sees x[:p_m] and, causally, its own
-group only; its position ids continue from p_m. (The last ahead token is not fed: its prediction would be
+Passes 2 and 3 put a row's groups into blocks of a few groups (GROUPS_PER_ROW), each block a batch row of
+its own with a copy of its sequence's K/V, under a 4-D mask over [sequence K/V | block]: a group sees
+x[:p_m] and, causally, its own group only; its position ids continue from p_m. (The last ahead token is not fed: its prediction would be
 x[p_m + N_A], outside the target window.) The Base is frozen here as in Liu et al.; the Coprocessor and
 its soft tokens train.
 """
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from latentreason.backbones import body, lm_forward, new_cache
 from latentreason.config import RunConfig, save_config
 from latentreason.errors import UserInputError
-from latentreason.methods.coprocessor import Coprocessor, copy_cache
+from latentreason.methods.coprocessor import Coprocessor
 
 # ----------------------------------------------------------------------------- masks and positions
 
@@ -82,30 +83,57 @@ def ahead_targets(x: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Te
     return x.gather(1, index.flatten(1)).view(*points.shape, ahead)
 
 
-def pretrain_logits(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Tensor:
-    """Batched three-pass computation: logits [B, M, N_A, V] for the ahead tokens of every point."""
+def repeat_cache(cache, model, times: int):
+    """A fresh DynamicCache whose every row is `cache`'s row repeated `times` times along the batch
+    ([B, ...] -> [B*times, ...], row b*times + m is a copy of row b): one copy per augmentation point."""
+    fresh = new_cache(model)
+    for index, layer in enumerate(cache.layers):
+        fresh.update(layer.keys.repeat_interleave(times, 0), layer.values.repeat_interleave(times, 0), index)
+    return fresh
+
+
+def pretrain_logits(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ahead: int, groups_per_row: int = 0) -> torch.Tensor:
+    """Batched three-pass computation: logits [B, M, N_A, V] for the ahead tokens of every point.
+
+    Passes 2 and 3 split a row's M groups into blocks of `groups_per_row` (0: GROUPS_PER_ROW), each block a
+    batch row of its own with a copy of the sequence's K/V. One block of all M groups wastes attention on
+    masked-out pairs (a group attends to seq_len + M*group keys, of which only its own group and prefix
+    count: at M = 16 that waste costs as much as the layers' matmuls); one group per row wastes copies of
+    the sequence K/V instead. Blocks of a few groups balance the two.
+    """
     base, coprocessor = method.model, method.coprocessor
     batch, seq_len = x.shape
     m, n = points.shape[1], method.n_latents
+    per_row = min(groups_per_row or GROUPS_PER_ROW, m)
+    blocks = math.ceil(m / per_row)
+    if blocks * per_row != m:  # pad with copies of the last point; their logits are dropped below
+        points = torch.cat([points, points[:, -1:].expand(-1, blocks * per_row - m)], dim=1)
+    block_points = points.reshape(batch * blocks, per_row)  # row b*blocks + i: points i*per_row.. of sequence b
     # 1. The Base's K/V of the whole sequence, once; the mask below gives each group its prefix of it.
     cache = new_cache(base)
     ones = x.new_ones(batch, seq_len)
     lm_forward(body(base), method.embed(x), ones, torch.arange(seq_len, device=x.device).expand(batch, -1), cache)
-    # 2. The Coprocessor over M groups of soft tokens, each attending to its own prefix.
-    soft = method.soft_tokens.repeat(m, 1).unsqueeze(0).expand(batch, -1, -1)
-    own = copy_cache(cache, coprocessor)
-    z = lm_forward(body(coprocessor), soft, group_mask(points, n, seq_len, coprocessor), group_positions(points, n), own).last_hidden_state
-    # 3. The Base over M groups of (latents, ahead tokens but the last), appended to the sequence cache.
+    # 2. The Coprocessor over the groups of soft tokens, each attending to its own prefix.
+    soft = method.soft_tokens.repeat(per_row, 1).unsqueeze(0).expand(batch * blocks, -1, -1)
+    own = repeat_cache(cache, coprocessor, blocks)
+    z = lm_forward(body(coprocessor), soft, group_mask(block_points, n, seq_len, coprocessor), group_positions(block_points, n), own).last_hidden_state
+    # 3. The Base over (latents, ahead tokens but the last) per group, after the sequence's K/V.
     group = n + ahead - 1
-    fed = method.embed(ahead_targets(x, points, ahead)[:, :, :-1])
-    embeds = torch.cat([z.view(batch, m, n, -1), fed], dim=2).view(batch, m * group, -1)
-    logits = lm_forward(base, embeds, group_mask(points, group, seq_len, base), group_positions(points, group), cache).logits
-    return logits.view(batch, m, group, -1)[:, :, n - 1:]
+    fed = method.embed(ahead_targets(x, points, ahead)[:, :, :-1]).view(batch * blocks, per_row, ahead - 1, -1)
+    embeds = torch.cat([z.view(batch * blocks, per_row, n, -1), fed], dim=2).flatten(1, 2)
+    seq_cache = repeat_cache(cache, base, blocks) if blocks > 1 else cache
+    logits = lm_forward(base, embeds, group_mask(block_points, group, seq_len, base), group_positions(block_points, group), seq_cache).logits
+    return logits.view(batch, blocks * per_row, group, -1)[:, :m, n - 1:]
 
 
-def pretrain_loss(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Tensor:
+GROUPS_PER_ROW = 4
+"""Default block size of pretrain_logits. CPU, tiny model, M = 16 (one loaded-machine run, medians of 5):
+1 group per row 0.23 s/step, 2: 0.17, 4: 0.16, 8: 0.16, all 16 in one row 0.18 (docs/LOG.md, 2026-12-01)."""
+
+
+def pretrain_loss(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ahead: int, groups_per_row: int = 0) -> torch.Tensor:
     """Mean cross-entropy of the ahead tokens given prefix + latents (the efficient, masked computation)."""
-    logits = pretrain_logits(method, x, points, ahead)
+    logits = pretrain_logits(method, x, points, ahead, groups_per_row)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ahead_targets(x, points, ahead).reshape(-1))
 
 
@@ -182,10 +210,12 @@ def pretrain_coprocessor(cfg: RunConfig, progress: bool = True) -> dict:
     The Base comes from `train.init_from` (e.g. a No-CoT run) and stays frozen. Uses train.lr,
     weight_decay, warmup_steps, max_grad_norm, batch_size, seed, and train.max_steps (or train.epochs over
     the packed corpus); method.n_latents and method.coprocessor.pretrain_*. Writes config.yaml,
-    tokenizer/, metrics.jsonl, model.pt (the whole method: `train.init_from` of a later fine-tuning run)
+    tokenizer/, metrics.jsonl, model.safetensors (the whole method: `train.init_from` of a later fine-tuning run)
     and pretrain.json / done.json with ahead-token perplexities with/without latents, before and after.
     """
-    from latentreason.training import atomic_save, build_run, lr_factor
+    from latentreason.run_checks import warn_random_frozen_base
+    from latentreason.checkpoint import WEIGHTS_FILE, save_weights
+    from latentreason.training import build_run, lr_factor
 
     out = Path(cfg.out_dir)
     if (out / "done.json").exists():
@@ -195,6 +225,7 @@ def pretrain_coprocessor(cfg: RunConfig, progress: bool = True) -> dict:
         raise UserInputError("pretraining needs method.name=coprocessor and method.coprocessor.variant=liu (the checkpoint then initialises any variant)")
     if cc.pretrain_ahead < 1 or cc.pretrain_points < 1:
         raise UserInputError("method.coprocessor.pretrain_points and pretrain_ahead must be >= 1")
+    warn_random_frozen_base(cfg)
     run = build_run(cfg, out)
     method = run.method
     assert isinstance(method, Coprocessor)
@@ -240,7 +271,7 @@ def pretrain_coprocessor(cfg: RunConfig, progress: bool = True) -> dict:
                 metrics.flush()
     method.eval()
     after = perplexities(method, eval_chunks, eval_points, ahead, tc.batch_size)
-    atomic_save(method.state_dict(), out / "model.pt")
+    save_weights(method.state_dict(), out / WEIGHTS_FILE)
     summary = {
         "steps": total_steps, "train_seconds": time.perf_counter() - began, "train_sequences": len(train_chunks),
         "eval_sequences": len(eval_chunks), "seq_len": seq_len, "points": m, "ahead": ahead, "n_latents": method.n_latents,

@@ -10,7 +10,7 @@ Stage I loss per target token: sum_t p(t) CE_t - beta H(p). Stage II freezes the
 alone with a BCE target from each next loop's loss improvement. Decoding exits a token at the first loop
 whose CDF reaches q; deeper loops then run only on the sub-batch of rows still active.
 
-KV cache: loop t has its own K/V (one `LoopKV` per loop: a DynamicCache over the n_layer shared layers plus
+KV cache: loop t has its own K/V (one `LoopKV` per loop: preallocated K/V buffers over the n_layer shared layers plus
 per-(row, column) `valid` and `pos`), so attention masks are built from positions, not column order. That
 lets a loop's cache hold rows computed at different times, which the three policies for exited positions
 need (`kv_policy`):
@@ -20,7 +20,8 @@ need (`kv_policy`):
                then deepened (run through that loop from its saved state) in the same call, so its K/V are
                exactly those of running all loops. Only the exited token's own output is saved work.
 The prompt (prefill) always runs all T loops for every position; Q-exit applies from the first generated
-token on (its logits come from the exit loop of the last prompt position).
+token on (its logits come from the exit loop of the last prompt position). Rows that emitted eos leave the
+batch (every loop's cache drops them: `decode(compact=True)`), so a finished row costs nothing afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from latentreason.backbones import Backbone, new_cache
+from latentreason.backbones import Backbone
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.methods.base import Generation, LatentMethod
@@ -78,59 +79,124 @@ def decoder_parts(model: PreTrainedModel) -> DecoderParts:
 
 
 class LoopKV:
-    """K/V of one loop for the whole batch: a DynamicCache over the shared layers, plus for every
-    (row, column) whether the entry exists (`valid`) and the token position it belongs to (`pos`)."""
+    """K/V of one loop for the whole batch, in preallocated buffers over the shared layers, plus for every
+    (row, column) whether the entry exists (`valid`) and the token position it belongs to (`pos`).
+
+    New columns are written in place (a DynamicCache would concatenate the whole past onto every new token,
+    for every layer, loop and step); the buffers double when full. Rows can be dropped (`compact`) once
+    they finish, so later steps run on the smaller batch.
+    """
 
     def __init__(self, model: PreTrainedModel, batch: int, device: torch.device):
-        self.cache = new_cache(model)
-        self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
-        self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+        """Columns written per layer (equal between calls; they differ only while a loop runs)."""
+        self._valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        self._pos = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.length = 0
+        """Columns of `valid` / `pos`."""
 
     @property
     def batch(self) -> int:
-        return self.valid.shape[0]
+        return self._valid.shape[0]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self._valid[:, : self.length]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self._pos[:, : self.length]
+
+    @staticmethod
+    def _grown(buffer: torch.Tensor, need: int, dim: int) -> torch.Tensor:
+        """`buffer` itself when it holds `need` columns along `dim`, else a zero-padded copy twice as long."""
+        if buffer.shape[dim] >= need:
+            return buffer
+        shape = list(buffer.shape)
+        shape[dim] = max(need, 2 * shape[dim], 64)
+        grown = buffer.new_zeros(shape)  # zeros: unwritten (invalid) entries must not be NaN under a 0 weight
+        grown.narrow(dim, 0, buffer.shape[dim]).copy_(buffer)
+        return grown
+
+    def _reserve(self, layer: int, like: torch.Tensor, n: int) -> int:
+        """Room for n more columns at `layer` (buffers shaped like `like` [*, H, *, d] for the full batch)."""
+        if layer == len(self.keys):
+            shape = (self.batch, like.shape[1], 0, like.shape[3])
+            self.keys.append(like.new_zeros(shape))
+            self.values.append(like.new_zeros(shape))
+            self.lengths.append(0)
+        start = self.lengths[layer]
+        self.keys[layer] = self._grown(self.keys[layer], start + n, 2)
+        self.values[layer] = self._grown(self.values[layer], start + n, 2)
+        self.lengths[layer] = start + n
+        return start
 
     def last_columns(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        stored = self.cache.layers[layer]
-        return stored.keys[:, :, -n:], stored.values[:, :, -n:]
+        end = self.lengths[layer]
+        return self.keys[layer][:, :, end - n: end], self.values[layer][:, :, end - n: end]
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row's n new columns; returns views of all columns so far (what attention reads)."""
+        start = self._reserve(layer, keys, keys.shape[2])
+        end = self.lengths[layer]
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def append_rows(self, layer: int, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, fill: "LoopKV | None") -> tuple[torch.Tensor, torch.Tensor]:
+        """New columns for the sub-batch `rows`; the other rows get `fill`'s last columns (reuse) or stay
+        zero (invalid). Returns the sub-batch's columns so far (a gather: the price of running a sub-batch)."""
+        n = keys.shape[2]
+        start = self._reserve(layer, keys, n)
+        end = self.lengths[layer]
+        if fill is not None:
+            fill_k, fill_v = fill.last_columns(layer, n)
+            self.keys[layer][:, :, start:end] = fill_k
+            self.values[layer][:, :, start:end] = fill_v
+        self.keys[layer][rows, :, start:end] = keys
+        self.values[layer][rows, :, start:end] = values
+        return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
+
+    def append_meta(self, valid: torch.Tensor, pos: torch.Tensor) -> None:
+        """Full-batch `valid` / `pos` of the n columns just written at every layer."""
+        n = valid.shape[1]
+        self._valid = self._grown(self._valid, self.length + n, 1)
+        self._pos = self._grown(self._pos, self.length + n, 1)
+        self._valid[:, self.length: self.length + n] = valid
+        self._pos[:, self.length: self.length + n] = pos
+        self.length += n
 
     def append_copy(self, source: "LoopKV", n: int) -> None:
         """`reuse` for a loop no row computed: its new columns are the previous loop's new columns."""
-        for layer in range(len(self.cache.layers)):
-            self.cache.update(*source.last_columns(layer, n), layer)
-        self.valid = torch.cat([self.valid, source.valid[:, -n:]], dim=1)
-        self.pos = torch.cat([self.pos, source.pos[:, -n:]], dim=1)
+        for layer in range(len(source.keys)):
+            self.append(layer, *source.last_columns(layer, n))
+        self.append_meta(source.valid[:, -n:], source.pos[:, -n:])
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep` (in that order), e.g. drop rows that finished decoding."""
+        self.keys = [k.index_select(0, keep) for k in self.keys]
+        self.values = [v.index_select(0, keep) for v in self.values]
+        self._valid, self._pos = self._valid.index_select(0, keep), self._pos.index_select(0, keep)
 
 
 class RowsView:
-    """The cache a decoder layer sees while a loop runs on the sub-batch `rows` of the full batch.
+    """The cache a decoder layer sees while a loop runs on the sub-batch `rows` of the full batch (or on
+    the whole batch, rows None).
 
-    HF attention calls `update(keys, values, layer_idx)` and attends to what it returns: the sub-batch's past
-    K/V plus the new ones. The new columns are appended to the full-batch store; rows that did not run get
-    `fill`'s last columns (reuse policy) or zeros (masked out as invalid).
+    HF attention calls `update(keys, values, layer_idx)` and attends to what it returns: the rows' past K/V
+    plus the new ones. The new columns go into the full-batch buffers; rows that did not run get `fill`'s
+    last columns (reuse policy) or zeros (masked out as invalid).
     """
 
     def __init__(self, kv: LoopKV, rows: torch.Tensor | None, fill: LoopKV | None):
         self.kv, self.rows, self.fill = kv, rows, fill
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        store = self.kv.cache
-        if self.rows is None:  # the whole batch runs: plain DynamicCache behaviour
-            return store.update(keys, values, layer_idx)
-        stored = store.layers[layer_idx]
-        n = keys.shape[-2]
-        if self.fill is not None:
-            full_k, full_v = self.fill.last_columns(layer_idx, n)
-        else:
-            shape = (self.kv.batch, *keys.shape[1:])
-            full_k, full_v = keys.new_zeros(shape), values.new_zeros(shape)
-        full_k = full_k.index_copy(0, self.rows, keys)
-        full_v = full_v.index_copy(0, self.rows, values)
-        if stored.is_initialized and stored.get_seq_length() > 0:
-            keys = torch.cat([stored.keys.index_select(0, self.rows), keys], dim=-2)
-            values = torch.cat([stored.values.index_select(0, self.rows), values], dim=-2)
-        store.update(full_k, full_v, layer_idx)
-        return keys, values
+        if self.rows is None:
+            return self.kv.append(layer_idx, keys, values)
+        return self.kv.append_rows(layer_idx, self.rows, keys, values, self.fill)
 
 
 # ----------------------------------------------------------------------------- the exit distribution
@@ -269,8 +335,7 @@ class Looped(LatentMethod):
                 full_valid = valid.new_zeros(kv.batch, n)
                 full_pos = pos.new_zeros(kv.batch, n)
             valid, pos = full_valid.index_copy(0, rows, valid), full_pos.index_copy(0, rows, pos)
-        kv.valid = torch.cat([kv.valid, valid], dim=1)
-        kv.pos = torch.cat([kv.pos, pos], dim=1)
+        kv.append_meta(valid, pos)
 
     def loop_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, caches: list[LoopKV] | None = None
@@ -321,8 +386,15 @@ class Looped(LatentMethod):
 
     # --- inference ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, examples: Sequence[EncodedExample], max_new_tokens: int, exit_q: float | None = None, kv_policy: str | None = None) -> Decoded:
-        """Batched greedy decoding with per-token Q-exit; deeper loops run only on rows still active."""
+    def decode(
+        self, examples: Sequence[EncodedExample], max_new_tokens: int, exit_q: float | None = None, kv_policy: str | None = None,
+        compact: bool = True,
+    ) -> Decoded:
+        """Batched greedy decoding with per-token Q-exit; deeper loops run only on rows still active.
+
+        With `compact`, rows that emitted eos leave the batch (every cache drops them), so later steps run
+        the smaller batch as a whole; without, they stay and every loop runs the sub-batch of unfinished
+        rows (same outputs, more gathering: kept to test the compaction against)."""
         q = self.cfg.exit_q if exit_q is None else exit_q
         policy = self.cfg.kv_policy if kv_policy is None else kv_policy
         if policy not in KV_POLICIES:
@@ -351,22 +423,31 @@ class Looped(LatentMethod):
 
         pending: list[list[list]] = [[] for _ in range(batch)]  # recompute: per row [pos, depth, state]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        alive = torch.arange(batch, device=device)  # original row of each row of the (compacted) batch
         next_pos = positions[:, -1] + 1
         emitted, exit_record, step_logits = [], [exit_index + 1], [logits]
         for index in range(max_new_tokens):
-            token = torch.where(finished, torch.full_like(logits[:, 0], eos, dtype=torch.long), logits.argmax(-1))
+            # logits, next_pos, pending and the caches cover the rows in `alive`; the rest is full-batch.
+            token = torch.full((batch,), eos, dtype=torch.long, device=device)
+            token[alive] = torch.where(finished[alive], eos, logits.argmax(-1))
             emitted.append(token)
             finished = finished | (token == eos)
             if bool(finished.all()) or index == max_new_tokens - 1:
                 break
-            running = ~finished
-            x0 = self.input_states(self.embed(token.view(batch, 1)), next_pos.view(batch, 1))
+            if compact and bool(finished[alive].any()):
+                keep = (~finished[alive]).nonzero().squeeze(1)
+                for kv in caches:
+                    kv.compact(keep)
+                pending = [pending[i] for i in keep.tolist()]
+                alive, next_pos = alive[keep], next_pos[keep]
+            running = ~finished[alive]
+            x0 = self.input_states(self.embed(token[alive].view(-1, 1)), next_pos.view(-1, 1))
             exit_hidden, exit_loop, step_loops, step_flops = self._decode_step(x0[:, 0], next_pos, running, caches, pending, q, policy)
             logits = self.logits(exit_hidden)
-            loops_run += step_loops
-            flops += step_flops + running.double() * self._head_flops()
-            exit_record.append(exit_loop)
-            step_logits.append(logits)
+            loops_run[alive] += step_loops
+            flops[alive] += step_flops + running.double() * self._head_flops()
+            exit_record.append(torch.zeros(batch, dtype=torch.long, device=device).index_copy(0, alive, exit_loop))
+            step_logits.append(logits.new_zeros(batch, logits.shape[-1]).index_copy(0, alive, logits))
             next_pos = next_pos + 1
 
         generated = torch.stack(emitted, dim=1).tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from latentreason.errors import UserInputError
@@ -32,9 +33,19 @@ class Task:
         """Return `n` synthetic examples, deterministic in `seed`."""
         raise UserInputError(f"task {self.name!r} has no generator; give a data file instead")
 
+    def iter_generate(self, n: int, seed: int, **params: Any) -> Iterator[Example]:
+        """The examples of `generate(n, seed, **params)` one at a time. Tasks whose generator can yield as it
+        goes override this, so that `data generate` streams a huge `n` instead of holding it in memory."""
+        yield from self.generate(n, seed, **params)
+
     def load(self, path: str) -> list[Example]:
         """Read examples from a file; raise UserInputError naming file, record and expected field."""
         raise NotImplementedError
+
+    def to_record(self, example: Example) -> dict[str, Any]:
+        """The example as one record of a JSON-list file that `load` reads back (`data generate` writes
+        these). Tasks whose files carry more than question/steps/answer override it."""
+        return {"question": example.question, "steps": list(example.steps), "answer": example.answer}
 
     def extract_answer(self, generated: str) -> str:
         """Pull the final answer out of generated text (after the last answer marker)."""
@@ -46,6 +57,16 @@ class Task:
     def score(self, generated: str, example: Example) -> bool:
         """True when the generated text's answer is correct. Never raises on malformed output."""
         raise NotImplementedError
+
+    def diagnostics(self, generated: str, example: Example) -> dict[str, bool]:
+        """Checks beyond correctness, averaged into `<key>_rate` by evaluation (learning curves, eval.json).
+
+        `well_formed`: the answer marker is there and a non-empty answer line follows it. Tasks override
+        this to add their own checks (ProsQA: does the answer name one of the two options?).
+        """
+        if not isinstance(generated, str):
+            return {"well_formed": False}
+        return {"well_formed": ANSWER_MARKER.strip() in generated and bool(self.extract_answer(generated))}
 
 
 def read_text(path: str, what: str) -> str:
@@ -70,6 +91,34 @@ def parse_json_list(text: str, path: str, expected: str) -> list:
     if not records:
         raise UserInputError("empty dataset: expected at least one record", path=path)
     return records
+
+
+def record_lines(text: str) -> list[int]:
+    """1-based line on which each element of the top-level JSON list in `text` starts (for FILE:LINE errors).
+
+    Call it only on text that parses as a JSON list; it walks the elements with the C decoder, so it costs
+    about one more parse.
+    """
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    pos = text.index("[") + 1
+    line, counted = 1, 0
+
+    def skip(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    pos = skip(pos)
+    while pos < len(text) and text[pos] != "]":
+        line += text.count("\n", counted, pos)
+        counted = pos
+        lines.append(line)
+        _, pos = decoder.raw_decode(text, pos)
+        pos = skip(pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+    return lines
 
 
 ANSWER_MARKER = "### "

@@ -1,10 +1,23 @@
 """Countdown: combine k numbers with + - * / to reach a target.
 
-Generation follows Stream of Search (Gandhi et al. 2024): numbers are drawn uniformly from 1..99
-(repeats allowed), the target uniformly from a range, and an instance is kept only when the exact
-solver finds a solution that uses *all* numbers, with every intermediate value a non-negative
-integer (larger minus smaller, exact division only). A deterministic share of the target values
-is held out so that test targets never occur in training data.
+One rule everywhere (Stream of Search, Gandhi et al. 2024): **every given number is used exactly
+once**. Training targets (the solver's trace), the solver and the verifier all apply it, so an
+answer that reaches the target with a strict subset of the numbers is wrong.
+
+Generation: the target is drawn uniformly from one range, `TARGET_RANGE`, the same at every
+branching factor; then numbers are drawn uniformly from 1..99 (repeats allowed) until the exact
+solver finds an all-numbers solution for that target, with every intermediate value a
+non-negative integer (larger minus smaller, exact division only). Drawing the target first keeps
+the targets uniform at every k (plain rejection sampling would favour easy targets, more so at
+small k). A fixed range keeps the branching curve about k alone; difficulty still rises with k:
+a random walk (random pair, random legal operation) reaches the target with probability about
+0.09 at k = 3, 0.015 at k = 4, 0.002 at k = 5 and 0.001 at k = 6 (tests/test_generators.py).
+
+Held-out split: by instance (a stable hash of the multiset of numbers and the target), one in
+`HELDOUT_MODULUS`, so no test problem occurs in training and the test split spans the whole target
+range (>= 100 distinct targets in 200 problems at every k). Stream of Search holds out target
+values instead; a range of 190 values cannot spare 100 of them, and with one token per number a
+held-out target would be a value the model never saw as a target.
 
 The number of input numbers k (`branching`) is the study's branching-factor knob: the first search
 level has k*(k-1)/2 pairs times four operations to choose from.
@@ -27,15 +40,22 @@ from fractions import Fraction
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
+from latentreason.tasks.base import Example, Task, parse_json_list, read_text, record_lines, register_task
 
 NUMBER_MIN, NUMBER_MAX = 1, 99
 """Input numbers are drawn uniformly from this inclusive range (Stream of Search)."""
 
 MIN_BRANCHING, MAX_BRANCHING = 2, 7
 
+TARGET_RANGE = (10, 199)
+"""Inclusive range targets are drawn from, at every branching factor (see the module docstring)."""
+
 HELDOUT_MODULUS = 10
-"""One target value in HELDOUT_MODULUS (by a stable hash) is reserved for the test split."""
+"""One instance in HELDOUT_MODULUS (by a stable hash of numbers and target) belongs to the test split."""
+
+_ATTEMPTS_PER_TARGET = 2000
+"""Number draws tried for one target before another target is drawn (rarely reached: at k = 3 an
+average target needs about 40)."""
 
 MAX_VERIFY_CHARS = 2000
 """Longer predictions are rejected outright: a real answer is a few dozen characters, and the cap
@@ -48,18 +68,19 @@ was about 400 nodes at k = 5, 7,000 at k = 6 and 16,000 at k = 7 (about 0.3 s)."
 
 
 def default_target_range(branching: int) -> tuple[int, int]:
-    """Target range used unless given: 10..100 for k <= 4 (Stream of Search), 100..999 for k >= 5
-    (reasoning-gym), because with more numbers small targets become trivial."""
-    return (10, 100) if branching <= 4 else (100, 999)
+    """Target range used unless given: `TARGET_RANGE` at every branching factor. (It used to jump
+    from 10..100 to 100..999 at k = 5, which mixed a range effect into the branching curve.)"""
+    return TARGET_RANGE
 
 
-def is_heldout_target(target: int) -> bool:
-    """True when `target` belongs to the test split.
+def is_heldout(numbers: Sequence[int], target: int) -> bool:
+    """True when the instance (numbers in any order, target) belongs to the test split.
 
-    A stable hash (crc32, not Python's salted `hash`) spreads held-out values over the whole range
-    instead of e.g. taking every multiple of ten, which would be a structurally different set.
+    A stable hash (crc32, not Python's salted `hash`) of the sorted numbers and the target, so the
+    split does not depend on the order the numbers are shown in.
     """
-    return zlib.crc32(f"countdown-target:{target}".encode()) % HELDOUT_MODULUS == 0
+    key = f"countdown:{','.join(map(str, sorted(int(x) for x in numbers)))}:{int(target)}"
+    return zlib.crc32(key.encode()) % HELDOUT_MODULUS == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,7 +326,10 @@ def _verify(text: str, numbers: Sequence[int], target: int) -> bool:
             return False  # an intermediate step must state its result
         # The step's result becomes available to the following steps (trace semantics).
         pool[int(value)] += 1
-    return value == target
+    # One rule: every given number used exactly once, so nothing but the final value may be left
+    # (an unused input, or an earlier step's result the answer never used, means a subset).
+    pool[int(value)] -= 1
+    return value == target and all(count == 0 for count in pool.values())
 
 
 def verify(expression_or_steps: str, numbers: Sequence[int], target: int) -> bool:
@@ -313,8 +337,9 @@ def verify(expression_or_steps: str, numbers: Sequence[int], target: int) -> boo
 
     Accepts a single expression (``"(61+23)+(5+7)"``, optionally followed by ``"= 100"``) or a
     multi-line trace of ``"a op b = c"`` steps (each step may use input numbers and results of
-    earlier steps). Each input number may be used at most once; a subset is allowed (Countdown
-    rules) but the final value must equal the target. Arithmetic is exact (Fraction); division
+    earlier steps). Every input number must be used exactly once (the rule of the generator and
+    the solver): an answer built from a strict subset of the numbers, or a trace with a step result
+    the final value does not use, is wrong. The final value must equal the target. Arithmetic is exact (Fraction); division
     must be exact and by non-zero; claimed step results must be right. Never raises.
     """
     if not isinstance(expression_or_steps, str) or len(expression_or_steps) > MAX_VERIFY_CHARS:
@@ -355,6 +380,52 @@ def make_example(numbers: Sequence[int], target: int) -> Example | None:
     return None if moves is None else _example(numbers, int(target), moves)
 
 
+LOAD_SOLVER_NODE_BUDGET = 200_000
+"""Search nodes the solver may spend on one loaded record without steps/answer (about 5 s). An unreachable
+target among MAX_BRANCHING numbers can need more; such a record must then bring its own steps and answer."""
+
+
+def _load_record(rec: Any, i: int, path: str, line: int) -> Example:
+    """One validated file record (see CountdownTask.load); `line` is where it starts in the file."""
+    where = f"record {i}"
+
+    def fail(message: str) -> UserInputError:
+        return UserInputError(f"{where}: {message}", path=path, line=line)
+
+    if not isinstance(rec, dict):
+        raise fail("expected an object with numbers and target")
+    nums, target = rec.get("numbers"), rec.get("target")
+    if not (isinstance(nums, list) and nums and all(_is_int(x) and x >= 0 for x in nums)):
+        raise fail("field 'numbers' must be a non-empty list of non-negative integers")
+    if len(nums) > MAX_BRANCHING:
+        raise fail(f"field 'numbers' has {len(nums)} numbers; expected at most {MAX_BRANCHING} "
+                   "(the exact search grows too fast beyond that)")
+    if not _is_int(target):
+        raise fail("field 'target' must be an integer")
+    steps, answer = rec.get("steps"), rec.get("answer")
+    if steps is None or answer is None:
+        try:
+            moves = _solve_moves(nums, target, budget=LOAD_SOLVER_NODE_BUDGET)
+        except _BudgetExceeded:
+            raise fail(f"the solver gave up on numbers {nums}, target {target} after "
+                       f"{LOAD_SOLVER_NODE_BUDGET} search nodes; give the record's steps and answer, "
+                       "or use fewer numbers") from None
+        if moves is None:
+            raise fail(f"numbers {nums} cannot reach target {target} and the record gives no answer")
+        return _example(list(nums), target, moves)
+    if not (isinstance(steps, list) and all(isinstance(s, str) for s in steps)):
+        raise fail("field 'steps' must be a list of strings")
+    if not isinstance(answer, str):
+        raise fail("field 'answer' must be a string")
+    if steps and not verify("\n".join(steps), nums, target):
+        raise fail(f"field 'steps' {steps} do not reach target {target} from numbers {nums}; expected "
+                   "'a op b = c' lines, each using given numbers or earlier results once, ending at the target")
+    if not verify(answer, nums, target):
+        raise fail(f"field 'answer' {answer!r} does not reach target {target} from numbers {nums} "
+                   "(each number at most once, exact integer division)")
+    return Example(format_question(nums, target), steps, answer, {"numbers": nums, "target": target})
+
+
 @register_task
 class CountdownTask(Task):
     """Countdown with a configurable number of inputs (`branching`) and held-out targets."""
@@ -366,10 +437,11 @@ class CountdownTask(Task):
                  **params: Any) -> list[Example]:
         """Return `n` solvable instances with `branching` numbers, deterministic in `seed`.
 
-        Each attempt draws a target uniformly from the split's allowed values in
-        [target_min, target_max] and `branching` numbers uniformly from 1..99, and keeps the
-        instance when the solver finds an all-numbers solution (rejection sampling, as in Stream of
-        Search). `split`: "train" excludes held-out targets, "test" uses only them, "all" both.
+        Each problem draws a target uniformly from [target_min, target_max] (default
+        `TARGET_RANGE`), then `branching` numbers uniformly from 1..99 until the instance belongs
+        to `split` and the solver finds an all-numbers solution (rejection sampling, as in Stream of
+        Search, but per target so that targets stay uniform). `split`: "train" excludes held-out
+        instances (`is_heldout`), "test" uses only them, "all" both.
         """
         if params:
             raise UserInputError(f"countdown: unknown generator parameter(s) {sorted(params)}; "
@@ -388,63 +460,41 @@ class CountdownTask(Task):
         if split not in ("train", "test", "all"):
             raise UserInputError("countdown: split must be 'train', 'test' or 'all', "
                                  f"got {split!r}")
-        targets = [t for t in range(lo, hi + 1)
-                   if split == "all" or is_heldout_target(t) == (split == "test")]
-        if not targets:
-            raise UserInputError(f"countdown: no {split!r} target in {lo}..{hi}; widen the range")
-
         rng = random.Random(f"countdown:{seed}:{branching}")
         examples: list[Example] = []
-        max_attempts = 5000 * max(n, 1)
-        for _ in range(max_attempts):
-            if len(examples) >= n:
-                break
-            target = rng.choice(targets)
-            numbers = [rng.randint(NUMBER_MIN, NUMBER_MAX) for _ in range(branching)]
-            try:
-                moves = _solve_moves(numbers, target, budget=_SOLVER_NODE_BUDGET)
-            except _BudgetExceeded:
-                continue  # too costly to decide; rejecting keeps generation time bounded
-            if moves is not None:
-                examples.append(_example(numbers, target, moves))
+        attempts_left = 5000 * max(n, 1) * (HELDOUT_MODULUS if split == "test" else 1)
+        while len(examples) < n and attempts_left > 0:
+            target = rng.randint(lo, hi)
+            for _ in range(min(_ATTEMPTS_PER_TARGET, attempts_left)):
+                attempts_left -= 1
+                numbers = [rng.randint(NUMBER_MIN, NUMBER_MAX) for _ in range(branching)]
+                if split != "all" and is_heldout(numbers, target) != (split == "test"):
+                    continue  # the hash is cheap: check it before the solver
+                try:
+                    moves = _solve_moves(numbers, target, budget=_SOLVER_NODE_BUDGET)
+                except _BudgetExceeded:
+                    continue  # too costly to decide; rejecting keeps generation time bounded
+                if moves is not None:
+                    examples.append(_example(numbers, target, moves))
+                    break
         if len(examples) < n:
             raise UserInputError(f"countdown: found only {len(examples)} of {n} solvable instances "
                                  f"with branching={branching}, targets {lo}..{hi}; widen the range")
         return examples
 
+    def to_record(self, example: Example) -> dict[str, Any]:
+        """{"numbers", "target", "steps", "answer"}: what `load` reads (it re-verifies steps and answer)."""
+        return {"numbers": list(example.meta["numbers"]), "target": example.meta["target"],
+                "steps": list(example.steps), "answer": example.answer}
+
     def load(self, path: str) -> list[Example]:
         """Read a JSON list of {"numbers": [...], "target": int} records (steps/answer optional,
-        recomputed by the solver when absent)."""
-        records = parse_json_list(read_text(path, "countdown"), path, "{numbers, target}")
-        examples = []
-        for i, rec in enumerate(records):
-            where = f"record {i}"
-            if not isinstance(rec, dict):
-                raise UserInputError(f"{where}: expected an object with numbers and target",
-                                     path=path)
-            nums, target = rec.get("numbers"), rec.get("target")
-            if not (isinstance(nums, list) and nums
-                    and all(_is_int(x) and x >= 0 for x in nums)):
-                raise UserInputError(f"{where}: field 'numbers' must be a non-empty list of "
-                                     "non-negative integers", path=path)
-            if not _is_int(target):
-                raise UserInputError(f"{where}: field 'target' must be an integer", path=path)
-            steps = rec.get("steps")
-            answer = rec.get("answer")
-            if steps is None or answer is None:
-                ex = make_example(nums, target)
-                if ex is None:
-                    raise UserInputError(f"{where}: numbers {nums} cannot reach target {target} "
-                                         "and the record gives no answer", path=path)
-                examples.append(ex)
-                continue
-            if not (isinstance(steps, list) and all(isinstance(s, str) for s in steps)):
-                raise UserInputError(f"{where}: field 'steps' must be a list of strings", path=path)
-            if not isinstance(answer, str):
-                raise UserInputError(f"{where}: field 'answer' must be a string", path=path)
-            examples.append(Example(format_question(nums, target), steps, answer,
-                                    {"numbers": nums, "target": target}))
-        return examples
+        recomputed by the solver when absent). Given steps and answer must each reach the target from
+        the given numbers; every error names the line where the bad record starts."""
+        text = read_text(path, "countdown")
+        records = parse_json_list(text, path, "{numbers, target}")
+        lines = record_lines(text)
+        return [_load_record(rec, i, path, lines[i]) for i, rec in enumerate(records)]
 
     def score(self, generated: str, example: Example) -> bool:
         """Verify the expression after the answer marker against the example's numbers/target."""

@@ -10,18 +10,23 @@ Two input formats are read:
 * the Coconut-style file (``.json``): a JSON list of ``{"question", "steps": [...], "answer"}``.
 
 The format is chosen by extension (``.jsonl`` / ``.json``), otherwise by the first character of the
-file (``[`` means a JSON list). There is no generator: GSM8K is real data only.
+file (``[`` means a JSON list).
+
+GSM8K is real data. `GSM8KTask.generate` only makes *synthetic* two-step word problems in the same
+format (``data generate --task gsm8k``), so that a pipeline can be smoke-tested without the data;
+no result about GSM8K should be measured on them.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from fractions import Fraction
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
+from latentreason.tasks.base import Example, Task, parse_json_list, read_text, record_lines, register_task
 
 ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
 """A calculator annotation such as ``<<16-3-4=9>>``."""
@@ -63,6 +68,40 @@ def parse_solution(solution: str) -> tuple[list[str], str] | None:
     return ANNOTATION_RE.findall(body), answer
 
 
+def is_number(answer: str) -> bool:
+    """True when `answer` is one number (``72``, ``-3``, ``1,234.5``, ``$18``): anything else can never score."""
+    return _NUMBER_RE.fullmatch(answer.strip().removeprefix("$")) is not None
+
+
+def _require_number(answer: str, path: str, line: int | None, where: str) -> str:
+    if not is_number(answer):
+        raise UserInputError(f"{where}final answer {answer!r} is not a number; expected e.g. 72, -3 or 1.5 "
+                             "(the scorer compares numbers)", path=path, line=line)
+    return answer.strip().removeprefix("$").replace(",", "")
+
+
+_NAMES = ("Ava", "Ben", "Chloe", "Dan", "Emma", "Finn", "Grace", "Hugo", "Isla", "Jack")
+_ITEMS = ("apple", "pencil", "marble", "sticker", "cookie", "book")
+
+
+def _synthetic_problem(rng: random.Random) -> Example:
+    """One two-step word problem with calculator-annotation steps and a whole-number answer."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    if rng.random() < 0.5:
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        c = rng.randint(1, a + b)
+        question = (f"{name} has {a} {item}s. {name} gets {b} more {item}s and then gives away {c}. "
+                    f"How many {item}s does {name} have now?")
+        steps, answer = [f"<<{a}+{b}={a + b}>>", f"<<{a + b}-{c}={a + b - c}>>"], a + b - c
+    else:
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        c = rng.randint(1, a * b)
+        question = (f"{name} buys {a} boxes of {item}s with {b} {item}s in each box and eats {c} "
+                    f"of them. How many {item}s are left?")
+        steps, answer = [f"<<{a}*{b}={a * b}>>", f"<<{a * b}-{c}={a * b - c}>>"], a * b - c
+    return Example(question, steps, str(answer), {})
+
+
 def _require_str(rec: dict[str, Any], key: str, path: str, line: int | None, where: str) -> str:
     if key not in rec:
         raise UserInputError(f"{where}missing field {key!r} (expected a string)", path=path,
@@ -92,35 +131,38 @@ def _load_jsonl(text: str, path: str) -> list[Example]:
             raise UserInputError(f"field 'answer' must end with '{FINAL_MARKER} <number>' "
                                  "(the final answer)", path=path, line=lineno)
         steps, answer = parsed
+        answer = _require_number(answer, path, lineno, "field 'answer': ")
         examples.append(Example(question, steps, answer, {"solution": solution}))
     return examples
 
 
 def _load_json_list(text: str, path: str) -> list[Example]:
     records = parse_json_list(text, path, "{question, steps, answer}")
+    lines = record_lines(text)
     examples = []
     for i, rec in enumerate(records):
-        where = f"record {i}: "
+        where, line = f"record {i}: ", lines[i]
         if not isinstance(rec, dict):
             raise UserInputError(f"{where}expected an object with question, steps and answer",
-                                 path=path)
-        question = _require_str(rec, "question", path, None, where)
+                                 path=path, line=line)
+        question = _require_str(rec, "question", path, line, where)
         if "steps" not in rec:
             raise UserInputError(f"{where}missing field 'steps' (expected a list of strings)",
-                                 path=path)
+                                 path=path, line=line)
         steps = rec["steps"]
         if not (isinstance(steps, list) and all(isinstance(s, str) for s in steps)):
-            raise UserInputError(f"{where}field 'steps' must be a list of strings", path=path)
+            raise UserInputError(f"{where}field 'steps' must be a list of strings", path=path, line=line)
         if "answer" not in rec:
             raise UserInputError(f"{where}missing field 'answer' (expected the final number)",
-                                 path=path)
+                                 path=path, line=line)
         answer = rec["answer"]
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
         if not isinstance(answer, str) or not answer.strip():
             raise UserInputError(f"{where}field 'answer' must be a non-empty string or number",
-                                 path=path)
-        examples.append(Example(question, list(steps), answer.strip().replace(",", ""), {}))
+                                 path=path, line=line)
+        answer = _require_number(answer, path, line, where + "field 'answer': ")
+        examples.append(Example(question, list(steps), answer, {}))
     return examples
 
 
@@ -129,6 +171,17 @@ class GSM8KTask(Task):
     """GSM8K: numeric answer, scored by exact numeric equality."""
 
     name = "gsm8k"
+
+    def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
+        """`n` synthetic two-step word problems in the Coconut-style format (not GSM8K: see the
+        module docstring), deterministic in `seed`."""
+        if params:
+            raise UserInputError(f"gsm8k: unknown generator parameter(s) {sorted(params)}; the "
+                                 "synthetic generator takes none")
+        if not isinstance(n, int) or n < 0:
+            raise UserInputError(f"gsm8k: n must be a non-negative integer, got {n!r}")
+        rng = random.Random(f"gsm8k-synthetic:{seed}")
+        return [_synthetic_problem(rng) for _ in range(n)]
 
     def load(self, path: str) -> list[Example]:
         """Read the official jsonl or a Coconut-style JSON list (see the module docstring)."""

@@ -13,6 +13,16 @@ The generator guarantees what makes the label unambiguous: exactly one path from
 target (so the step trace is the only proof), no path from the root to the negative target, and
 both targets are leaves. The released split is looser (it often has several root-to-target paths);
 its size statistics (nodes, edges, path length, number of people) are matched on average.
+
+It is also built so that no cue short of following the graph from the asked person beats chance:
+the graph is symmetric between two (person, leaf) pairs, each person reaching its own leaf by
+exactly one path and never the other leaf, both chains drawn from the same length distribution,
+and a coin picks which person the question asks about (see `_make_graph`). In-degree, mention
+counts, depth, ancestors, fact and option order therefore have the same distribution for the
+target and the negative target; `latentreason data audit` (tasks/audit.py) measures every such cue.
+The released split has strong shortcuts of its own (the negative target sits at depth 1-4, the
+target at 3-6: "the deeper option" answers 92% of it), so the negative chain's length is the one
+released statistic not copied.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, parse_json_list, read_text, register_task
+from latentreason.tasks.base import ANSWER_MARKER, Example, Task, parse_json_list, read_text, register_task
 
 FIELDS: dict[str, str] = {
     "question": "a string",
@@ -49,17 +59,35 @@ _ONSETS = ("", "b", "br", "ch", "d", "f", "g", "gr", "gw", "h", "j", "k", "l", "
            "s", "sh", "scr", "st", "t", "v", "w", "y", "z", "zh")
 _VOWELS = ("u", "e", "i", "o")
 _CODAS = ("m", "r", "l")
-CONCEPT_NAMES: tuple[str, ...] = tuple(
+EXTENDED_CONCEPT_NAMES: tuple[str, ...] = tuple(
     o + v + c + "pus" for o in _ONSETS for v in _VOWELS for c in _CODAS if o + v != "u"
 )
-"""Deterministic inventory of made-up concept names (~300), sampled per problem."""
+"""A larger made-up inventory (~300 names) for `concepts="extended"`: each name then occurs in ~2% of
+10-node problems, and a from-scratch model learns to even name one of the two options far more slowly."""
+
+RELEASED_CONCEPT_NAMES: tuple[str, ...] = (
+    "bompus", "boompus", "brimpus", "chorpus", "dumpus", "felpus", "fompus", "gerpus", "gorpus",
+    "grimpus", "gwompus", "hilpus", "impus", "jelpus", "jompus", "kerpus", "lempus", "lorpus", "numpus",
+    "quimpus", "rempus", "rompus", "rorpus", "scrompus", "shumpus", "sterpus", "storpus", "terpus",
+    "timpus", "tumpus", "vumpus", "worpus", "wumpus", "yerpus", "yimpus", "yumpus", "zhorpus", "zumpus",
+)
+"""The 38 concept names of the released split (the default inventory, as in the data we imitate).
+With them a tiny No-CoT model names one of the two options in 97% of answers after 800 steps, against
+~70% with the extended inventory (docs/LOG.md, 2026-12-01)."""
+
+CONCEPT_INVENTORIES: dict[str, tuple[str, ...]] = {
+    "released": RELEASED_CONCEPT_NAMES, "extended": EXTENDED_CONCEPT_NAMES,
+}
+"""Generator parameter `concepts`: which inventory problems draw their concept names from."""
+
+CONCEPT_NAMES: tuple[str, ...] = tuple(sorted(set(RELEASED_CONCEPT_NAMES) | set(EXTENDED_CONCEPT_NAMES)))
+"""Every concept name any inventory can produce (what a task tokenizer must cover)."""
 
 # Size distributions measured on the released validation split (300 problems): counts per value.
 _PATH_LENGTHS = {3: 124, 4: 133, 5: 36, 6: 7}
 _NODE_COUNTS = {17: 2, 18: 5, 19: 14, 20: 18, 21: 37, 22: 48, 23: 58, 24: 52, 25: 40, 26: 22,
                 27: 3, 28: 1}
 _PERSON_COUNTS = {2: 180, 3: 93, 4: 21, 5: 5, 6: 1}
-_NEG_DEPTHS = {1: 64, 2: 161, 3: 77, 4: 9}
 _EDGES_PER_NODE = (1.59, 0.18)  # mean, standard deviation
 _PERSON_EDGE_SKIP = 0.8
 _EXTRA_RANKS = 2
@@ -95,27 +123,35 @@ def fact_sentence(parent: str, child: str, parent_is_person: bool) -> str:
     return f"{parent} is a {child}." if parent_is_person else f"Every {parent} is a {child}."
 
 
-def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
-    """Build one problem record. Node ids here are construction ids; renumbered at the end."""
-    # The negative chain is no deeper than the answer path (as in the released data) and must fit.
-    neg_depth = _weighted(rng, _NEG_DEPTHS, 1, min(depth, max(_NEG_DEPTHS), n_nodes - 2 - depth))
+def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
+                concept_names: Sequence[str] = RELEASED_CONCEPT_NAMES) -> dict[str, Any]:
+    """Build one problem record. Node ids here are construction ids; renumbered at the end.
+
+    The construction is symmetric between two (person, leaf) pairs: person 0 reaches leaf 0 by
+    exactly one path and never leaf 1, person 1 likewise with leaf 1 and never leaf 0, and every
+    other choice (chain lengths, distractors, extra people, densifying edges) treats the two pairs
+    alike. Only at the end does a coin decide which person is asked about, so the target is
+    whichever leaf belongs to that person. Any feature that ignores who is asked (in-degree,
+    mention counts, depth, fact order, option order, ...) therefore has the same distribution for
+    the target and the negative target, and every such shortcut sits at chance.
+    """
     # People beyond the two needed ones must leave room for both chains.
-    max_persons = max(2, n_nodes - depth - neg_depth)
+    max_persons = max(2, n_nodes - sum(depths))
     n_persons = min(_weighted(rng, _PERSON_COUNTS), max_persons)
     n_concepts = n_nodes - n_persons
 
-    # Construction ids: persons 0..n_persons-1 (0 = root, 1 = the negative target's person),
-    # then the answer chain, the negative chain, then distractor concepts.
+    # Construction ids: persons 0..n_persons-1 (0 and 1 head the two chains), then chain 0,
+    # chain 1, then distractor concepts.
     rank: list[int] = [0] * n_persons
-    root, neg_root = 0, 1
-    chain = list(range(n_persons, n_persons + depth))
-    rank += list(range(1, depth + 1))
-    neg_chain = list(range(len(rank), len(rank) + neg_depth))
-    rank += list(range(1, neg_depth + 1))
-    n_extra = n_concepts - depth - neg_depth
-    rank += [rng.randint(1, depth + _EXTRA_RANKS) for _ in range(n_extra)]
+    chains: list[list[int]] = []
+    for depth in depths:
+        chains.append(list(range(len(rank), len(rank) + depth)))
+        rank += list(range(1, depth + 1))
+    n_extra = n_concepts - sum(depths)
+    rank += [rng.randint(1, max(depths) + _EXTRA_RANKS) for _ in range(n_extra)]
     extras = list(range(len(rank) - n_extra, len(rank)))
-    target, neg_target = chain[-1], neg_chain[-1]
+    heads = (0, 1)
+    leaves = (chains[0][-1], chains[1][-1])
     n = len(rank)
 
     adj: dict[int, list[int]] = {u: [] for u in range(n)}
@@ -128,27 +164,28 @@ def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
         edges.add((u, v))
 
     def allowed(u: int, v: int) -> bool:
-        """Does u->v keep the DAG ranked, targets leaves, one root->target path, neg unreachable?"""
-        if rank[u] >= rank[v] or u in (target, neg_target) or (u, v) in edges:
+        """Does u->v keep the DAG ranked, both leaves leaves, and for each (head, leaf) pair one
+        head->own leaf path and no head->other leaf path?"""
+        if rank[u] >= rank[v] or u in leaves or (u, v) in edges:
             return False
-        from_root = _reachable(adj, root)
-        if u not in from_root:
-            return True  # no new path starts at the root
-        below_v = _reachable(adj, v)
-        if neg_target in below_v:
-            return False
-        # Any node above the target reached again from the root would add a second path.
-        above_target = _reachable(parents, target)
-        return not (below_v & above_target)
+        below_v = None
+        for head, own, other in ((0, leaves[0], leaves[1]), (1, leaves[1], leaves[0])):
+            if u not in _reachable(adj, head):
+                continue  # no new path starts at this head
+            below_v = _reachable(adj, v) if below_v is None else below_v
+            # Reaching the other leaf is forbidden; reaching any ancestor of the own leaf (the
+            # leaf included) again would add a second path to it.
+            if other in below_v or below_v & _reachable(parents, own):
+                return False
+        return True
 
-    for a, b in zip([root] + chain, chain):
-        add(a, b)
-    for a, b in zip([neg_root] + neg_chain, neg_chain):
-        add(a, b)
+    for head, chain in zip(heads, chains):
+        for a, b in zip([head] + chain, chain):
+            add(a, b)
     # Every distractor needs a parent (only people are sources); it has no children yet, so any
-    # parent of lower rank that is not a target is allowed.
+    # parent of lower rank that is not a leaf is allowed.
     for v in sorted(extras, key=lambda x: rank[x]):
-        options = [u for u in range(n) if rank[u] < rank[v] and u not in (target, neg_target)]
+        options = [u for u in range(n) if rank[u] < rank[v] and u not in leaves]
         add(rng.choice(options), v)
     # Extra people need at least one fact of their own.
     for p in range(2, n_persons):
@@ -163,15 +200,20 @@ def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
         if len(edges) >= want_edges:
             break
         # People have many candidate children (they sit above everything); thinning their edges
-        # brings their mean out-degree nearer the released data's 2.8 (3.5 here, 4.7 unthinned).
+        # brings their mean out-degree nearer the released data's 2.8.
         if u < n_persons and rng.random() < _PERSON_EDGE_SKIP:
             continue
         if allowed(u, v):
             add(u, v)
 
+    # The coin: which of the two people the question asks about.
+    asked = rng.randrange(2)
+    root, target, neg_target = heads[asked], leaves[asked], leaves[1 - asked]
+    path = [root] + chains[asked]
+
     # Renumber in a random topological order with the two main people first, like the released
     # files (root is index 0 or 1 there and every edge goes from a lower to a higher index).
-    order = [root, neg_root]
+    order = list(heads)
     rng.shuffle(order)
     indeg = {u: len(parents[u]) for u in range(n)}
     ready = [u for u in range(2, n_persons)]
@@ -191,7 +233,7 @@ def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
     new_id = {old: i for i, old in enumerate(order)}
 
     people = rng.sample(PERSON_NAMES, n_persons)
-    concepts = rng.sample(CONCEPT_NAMES, n_concepts)
+    concepts = rng.sample(concept_names, n_concepts)
     name = {u: (people[u] if u < n_persons else concepts[u - n_persons]) for u in range(n)}
     idx_to_symbol = [name[u] for u in order]
     edge_list = sorted([new_id[u], new_id[v]] for u, v in edges)
@@ -202,7 +244,6 @@ def _make_graph(rng: random.Random, depth: int, n_nodes: int) -> dict[str, Any]:
     options = [name[target], name[neg_target]]
     rng.shuffle(options)
     person = name[root]
-    path = [root] + chain
     steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
     return {
         "question": " ".join(facts) + f" Is {person} a {options[0]} or {options[1]}?",
@@ -278,34 +319,45 @@ class ProsQATask(Task):
     name = "prosqa"
 
     def generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
-                 n_nodes: int | None = None, **params: Any) -> list[Example]:
+                 n_nodes: int | None = None, concepts: str = "released", **params: Any) -> list[Example]:
         """`n` problems, deterministic in `seed`.
 
         The answer path length (number of steps) is drawn from the released split's distribution
         restricted to min_depth..max_depth; the node count likewise unless `n_nodes` fixes it.
+        Concept names come from `concepts`: "released" (the released split's 38) or "extended" (~300).
         """
         if params:
             raise UserInputError(f"prosqa: unknown generator parameter(s) {sorted(params)}; "
-                                 "expected min_depth, max_depth, n_nodes")
+                                 "expected min_depth, max_depth, n_nodes, concepts")
+        if concepts not in CONCEPT_INVENTORIES:
+            raise UserInputError(f"prosqa: concepts must be one of {sorted(CONCEPT_INVENTORIES)}, got {concepts!r}")
+        inventory = CONCEPT_INVENTORIES[concepts]
         if not isinstance(n, int) or n < 0:
             raise UserInputError(f"prosqa: n must be a non-negative integer, got {n!r}")
         if not (_is_int(min_depth) and _is_int(max_depth) and 1 <= min_depth <= max_depth):
             raise UserInputError(f"prosqa: expected integers 1 <= min_depth <= max_depth, got "
                                  f"min_depth={min_depth!r}, max_depth={max_depth!r}")
-        need = max_depth + 3  # root, neg person, chain, neg target
-        if n_nodes is not None and not (_is_int(n_nodes) and need <= n_nodes <= len(CONCEPT_NAMES)):
+        need = 2 * max_depth + 2  # two people, each with its own chain of up to max_depth concepts
+        if n_nodes is not None and not (_is_int(n_nodes) and need <= n_nodes <= len(inventory)):
             raise UserInputError(f"prosqa: n_nodes must be an integer in {need}.."
-                                 f"{len(CONCEPT_NAMES)} for max_depth={max_depth}, got {n_nodes!r}")
+                                 f"{len(inventory)} for max_depth={max_depth}, got {n_nodes!r}")
         rng = random.Random(f"prosqa:{seed}")
         examples = []
         for _ in range(n):
-            depth = _weighted(rng, _PATH_LENGTHS, min_depth, max_depth)
+            # Both chains draw their length from the same distribution: a negative chain that is
+            # shorter on average (as in the released data) would make "the deeper option" a shortcut.
+            depths = (_weighted(rng, _PATH_LENGTHS, min_depth, max_depth),
+                      _weighted(rng, _PATH_LENGTHS, min_depth, max_depth))
             size = n_nodes if n_nodes is not None else max(
-                _weighted(rng, _NODE_COUNTS), depth + 3 + rng.randint(0, 6))
-            record = _make_graph(rng, depth, size)
+                _weighted(rng, _NODE_COUNTS), sum(depths) + 2 + rng.randint(0, 6))
+            record = _make_graph(rng, depths, size, inventory)
             examples.append(Example(record["question"], list(record["steps"]), record["answer"],
                                     record))
         return examples
+
+    def to_record(self, example: Example) -> dict[str, Any]:
+        """The example as a record of the released schema (see the module-level `to_record`)."""
+        return to_record(example)
 
     def load(self, path: str) -> list[Example]:
         """Read a JSON list of records in the released schema, validating every record."""
@@ -321,6 +373,19 @@ class ProsQATask(Task):
         if not isinstance(generated, str):
             return False
         return normalize_answer(self.extract_answer(generated)) == normalize_answer(example.answer)
+
+    def diagnostics(self, generated: str, example: Example) -> dict[str, bool]:
+        """`well_formed`: the answer reads "<one word> is a <one word>"; `names_option`: its concept is
+        one of the two options of the question (a model that always does so and guesses scores 0.5)."""
+        if not isinstance(generated, str) or ANSWER_MARKER.strip() not in generated:
+            return {"well_formed": False, "names_option": False}
+        match = re.fullmatch(r"(\S+) is an? (\S+)", normalize_answer(self.extract_answer(generated)))
+        meta = example.meta
+        try:
+            options = {meta["idx_to_symbol"][meta["target"]].lower(), meta["idx_to_symbol"][meta["neg_target"]].lower()}
+        except (KeyError, IndexError, TypeError):
+            options = set()
+        return {"well_formed": match is not None, "names_option": match is not None and match.group(2) in options}
 
 
 def graph_stats(records: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -1,0 +1,77 @@
+"""Checks made when a run starts, so a wrong starting point fails in one line instead of mid-way (or never).
+
+- `train.init_from` must come from a run with the same model size, tokenizer and (for from-scratch
+  backbones, whose tokenizer is trained on the task text) the same task;
+- weights whose shapes do not fit the model are a one-line error, not a state_dict traceback;
+- a frozen Base (coprocessor liu/h1) that is a random from-scratch model gets one warning line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from latentreason.config import RunConfig, read_yaml
+from latentreason.errors import UserInputError
+
+TINY_BACKBONE_NAMES = ("gpt2-tiny", "qwen3-tiny", "llama-tiny")
+"""backbones.TINY_BACKBONES' keys (repeated so this module stays free of torch/transformers imports)."""
+
+SHAPE_KEYS = ("backbone", "n_layer", "n_embd", "n_head", "max_positions", "tokenizer_vocab_size")
+"""Model settings a from-scratch starting run must share: they fix every weight shape and the tokenizer."""
+
+
+def check_init_from(cfg: RunConfig) -> None:
+    """One-line errors when `train.init_from` names a run this one cannot start from.
+
+    Compares the starting run's config.yaml with `cfg`; weight shapes are checked again when loading
+    (`check_weight_shapes`), which also covers backbones whose settings are not in the config.
+    """
+    if not cfg.train.init_from:
+        return
+    start = Path(cfg.train.init_from)
+    if not start.is_dir():
+        raise UserInputError("train.init_from: no such run directory", path=str(start))
+    if not (start / "config.yaml").exists():
+        return  # not one of our run dirs: only the weight check applies
+    theirs = read_yaml(start / "config.yaml")
+    their_model: dict[str, Any] = theirs.get("model") or {}
+    their_task: dict[str, Any] = theirs.get("task") or {}
+    here = cfg.model
+    where = str(start / "config.yaml")
+    if here.backbone in TINY_BACKBONE_NAMES or their_model.get("backbone") in TINY_BACKBONE_NAMES:
+        for key in SHAPE_KEYS:
+            if key in their_model and their_model[key] != getattr(here, key):
+                raise UserInputError(
+                    f"train.init_from was trained with model.{key}={their_model[key]}, this run has model.{key}={getattr(here, key)}; "
+                    "start from a run with the same model settings", path=where)
+        their_name = their_task.get("name")
+        if their_name is not None and their_name != cfg.task.name:
+            raise UserInputError(
+                f"train.init_from was trained on task {their_name}, this run is task {cfg.task.name}: its tokenizer was trained on "
+                f"{their_name} text; start from a {cfg.task.name} run", path=where)
+
+
+def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path: str | Path) -> None:
+    """A one-line error naming the first tensor whose shape differs (instead of torch's list of all)."""
+    wrong = [key for key in loaded if key in own and tuple(loaded[key].shape) != tuple(own[key].shape)]
+    if wrong:
+        key = wrong[0]
+        raise UserInputError(
+            f"weights do not fit this model: {key} is {tuple(loaded[key].shape)} there and {tuple(own[key].shape)} here "
+            f"({len(wrong)} tensor(s) differ); was that run trained with other model settings or another tokenizer?", path=str(path))
+
+
+def warn_random_frozen_base(cfg: RunConfig) -> str | None:
+    """Print (and return) one warning line when a coprocessor freezes a Base that nothing has trained."""
+    coprocessor = cfg.method.coprocessor
+    if cfg.method.name != "coprocessor" or coprocessor.variant not in ("liu", "h1") or cfg.train.init_from:
+        return None
+    if cfg.model.backbone not in TINY_BACKBONE_NAMES:
+        return None  # a pretrained backbone is a real Base
+    message = (f"warning: method.coprocessor.variant={coprocessor.variant} freezes the Base, and this Base is a random "
+               f"{cfg.model.backbone} (no train.init_from): the Coprocessor learns to help a model that never learned the task; "
+               "set train.init_from to a finished no_cot run")
+    print(message, file=sys.stderr)
+    return message

@@ -1,0 +1,82 @@
+"""Checks that need the tokenized data and the built model, run after tokenization and before training.
+
+Single config values are checked when the config is loaded (`config.from_dict`); data records when a task
+loads its file. What only the tokenizer can tell, whether every sequence fits the model's positions, is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from latentreason.config import RunConfig
+from latentreason.errors import UserInputError
+from latentreason.tokenization import EncodedExample
+
+LATENT_METHODS = ("soft_tokens", "coconut", "coprocessor")
+"""Methods that insert latent slots (plus at most two markers) between question and answer."""
+
+
+def position_limit(model) -> int | None:
+    """The most positions `model` can take: GPT-2's `n_positions`, else `max_position_embeddings`."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def latent_positions(cfg: RunConfig) -> int:
+    """Upper bound on the positions a method adds between question and answer (latents and their markers)."""
+    method = cfg.method
+    if method.name not in LATENT_METHODS:
+        return 0
+    latents = method.n_latents
+    if method.name == "coconut" and latents == 0:
+        latents = method.coconut.max_latent_stage * method.coconut.thoughts_per_step
+    return latents + 2
+
+
+def _longest(examples: Sequence[EncodedExample], length) -> tuple[int, int]:
+    index = max(range(len(examples)), key=lambda i: length(examples[i]))
+    return index, length(examples[index])
+
+
+def _describe(split: str, index: int, example: EncodedExample) -> str:
+    question = example.example.question
+    shown = question if len(question) <= 60 else question[:57] + "..."
+    return f"{split} example {index} ({shown!r})"
+
+
+def check_sequence_lengths(cfg: RunConfig, model, train_set: Sequence[EncodedExample], eval_set: Sequence[EncodedExample]) -> None:
+    """UserInputError naming the longest example when a training sequence or an eval prompt (plus, for
+    models with learned absolute positions, the decoding budget) does not fit the model's positions."""
+    limit = position_limit(model)
+    if limit is None:
+        return
+    latents = latent_positions(cfg)
+    uses_steps = cfg.method.name not in ("no_cot", "soft_tokens", "coprocessor") and not (cfg.method.name == "looped" and not cfg.method.looped.use_steps)
+    setting = "model.max_positions" if cfg.model.backbone in ("gpt2-tiny", "qwen3-tiny", "llama-tiny") else f"the position limit of {cfg.model.backbone}"
+
+    def train_length(e: EncodedExample) -> int:
+        return len(e.question_ids) + latents + (sum(map(len, e.step_ids)) if uses_steps else 0) + len(e.answer_ids)
+
+    if train_set:
+        index, length = _longest(train_set, train_length)
+        if length > limit:
+            raise UserInputError(f"{_describe('train', index, train_set[index])} is {length} tokens long "
+                                 f"(question + {'steps + ' if uses_steps else ''}answer{' + latent slots' if latents else ''}), "
+                                 f"over {setting}={limit}; raise the limit or drop long examples")
+    if eval_set:
+        learned_positions = hasattr(getattr(model, "config", None), "n_positions")  # GPT-2 cannot go past its table
+        budget = cfg.eval.max_new_tokens if learned_positions else 0
+
+        def eval_length(e: EncodedExample) -> int:
+            return len(e.question_ids) + latents + budget
+
+        index, length = _longest(eval_set, eval_length)
+        if length > limit:
+            what = " + eval.max_new_tokens" if budget else ""
+            raise UserInputError(f"{_describe('eval', index, eval_set[index])} needs {length} positions "
+                                 f"(question{' + latent slots' if latents else ''}{what}), over {setting}={limit}; "
+                                 f"raise the limit{', lower eval.max_new_tokens' if budget else ''} or drop long examples")
