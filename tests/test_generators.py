@@ -214,3 +214,16 @@ def test_generated_file_is_read_by_check_and_train(task, options, tmp_path, caps
                  f"out_dir={out}", *TINY_TRAIN])
     assert code == 0
     assert json.loads((out / "eval.json").read_text())["n"] == 5
+
+
+@pytest.mark.parametrize("task_name, params", [("prosqa", {"n_nodes": 10, "min_depth": 2, "max_depth": 3}), ("countdown", {"branching": 3})])
+def test_generators_stream_a_huge_n(task_name, params):
+    """`data generate --n 1000000000` must not build the whole list first: the task yields as it goes, and the
+    streamed examples are the ones `generate` returns."""
+    import itertools
+
+    from latentreason.tasks import get_task
+
+    task = get_task(task_name)
+    first = list(itertools.islice(task.iter_generate(10**9, 0, **params), 3))
+    assert [e.question for e in first] == [e.question for e in task.generate(3, 0, **params)]

@@ -78,7 +78,8 @@ def generate_cached(task: Task, split: str, size: int, seed: int, params: dict) 
 
 def generator_params(task: Task, cfg: TaskConfig, split: str) -> dict:
     """Keyword arguments for task.generate: the task's own params plus branching/split when it takes them."""
-    accepted = inspect.signature(task.generate).parameters
+    # A task names its generator's parameters on `generate` or, when it streams, on `iter_generate`.
+    accepted = {*inspect.signature(task.generate).parameters, *inspect.signature(task.iter_generate).parameters}
     params = dict(cfg.params)
     if "branching" in accepted:
         params.setdefault("branching", cfg.branching)

@@ -35,7 +35,7 @@ import random
 import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -432,10 +432,14 @@ class CountdownTask(Task):
 
     name = "countdown"
 
-    def generate(self, n: int, seed: int, *, branching: int = 4, target_min: int | None = None,
-                 target_max: int | None = None, split: str = "train",
-                 **params: Any) -> list[Example]:
-        """Return `n` solvable instances with `branching` numbers, deterministic in `seed`.
+    def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
+        """`n` solvable instances (see `iter_generate`), as a list."""
+        return list(self.iter_generate(n, seed, **params))
+
+    def iter_generate(self, n: int, seed: int, *, branching: int = 4, target_min: int | None = None,
+                      target_max: int | None = None, split: str = "train",
+                      **params: Any) -> Iterator[Example]:
+        """Yield `n` solvable instances one at a time (a huge `n` never sits in memory) with `branching` numbers, deterministic in `seed`.
 
         Each problem draws a target uniformly from [target_min, target_max] (default
         `TARGET_RANGE`), then `branching` numbers uniformly from 1..99 until the instance belongs
@@ -461,9 +465,9 @@ class CountdownTask(Task):
             raise UserInputError("countdown: split must be 'train', 'test' or 'all', "
                                  f"got {split!r}")
         rng = random.Random(f"countdown:{seed}:{branching}")
-        examples: list[Example] = []
+        found = 0
         attempts_left = 5000 * max(n, 1) * (HELDOUT_MODULUS if split == "test" else 1)
-        while len(examples) < n and attempts_left > 0:
+        while found < n and attempts_left > 0:
             target = rng.randint(lo, hi)
             for _ in range(min(_ATTEMPTS_PER_TARGET, attempts_left)):
                 attempts_left -= 1
@@ -475,12 +479,12 @@ class CountdownTask(Task):
                 except _BudgetExceeded:
                     continue  # too costly to decide; rejecting keeps generation time bounded
                 if moves is not None:
-                    examples.append(_example(numbers, target, moves))
+                    found += 1
+                    yield _example(numbers, target, moves)
                     break
-        if len(examples) < n:
-            raise UserInputError(f"countdown: found only {len(examples)} of {n} solvable instances "
+        if found < n:
+            raise UserInputError(f"countdown: found only {found} of {n} solvable instances "
                                  f"with branching={branching}, targets {lo}..{hi}; widen the range")
-        return examples
 
     def to_record(self, example: Example) -> dict[str, Any]:
         """{"numbers", "target", "steps", "answer"}: what `load` reads (it re-verifies steps and answer)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from latentreason.errors import UserInputError
@@ -318,9 +318,14 @@ class ProsQATask(Task):
 
     name = "prosqa"
 
-    def generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
-                 n_nodes: int | None = None, concepts: str = "released", **params: Any) -> list[Example]:
-        """`n` problems, deterministic in `seed`.
+    def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
+        """`n` problems (see `iter_generate`), as a list."""
+        return list(self.iter_generate(n, seed, **params))
+
+    def iter_generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
+                      n_nodes: int | None = None, concepts: str = "released",
+                      **params: Any) -> Iterator[Example]:
+        """Yield `n` problems one at a time, deterministic in `seed` (a huge `n` never sits in memory).
 
         The answer path length (number of steps) is drawn from the released split's distribution
         restricted to min_depth..max_depth; the node count likewise unless `n_nodes` fixes it.
@@ -342,7 +347,6 @@ class ProsQATask(Task):
             raise UserInputError(f"prosqa: n_nodes must be an integer in {need}.."
                                  f"{len(inventory)} for max_depth={max_depth}, got {n_nodes!r}")
         rng = random.Random(f"prosqa:{seed}")
-        examples = []
         for _ in range(n):
             # Both chains draw their length from the same distribution: a negative chain that is
             # shorter on average (as in the released data) would make "the deeper option" a shortcut.
@@ -351,9 +355,7 @@ class ProsQATask(Task):
             size = n_nodes if n_nodes is not None else max(
                 _weighted(rng, _NODE_COUNTS), sum(depths) + 2 + rng.randint(0, 6))
             record = _make_graph(rng, depths, size, inventory)
-            examples.append(Example(record["question"], list(record["steps"]), record["answer"],
-                                    record))
-        return examples
+            yield Example(record["question"], list(record["steps"]), record["answer"], record)
 
     def to_record(self, example: Example) -> dict[str, Any]:
         """The example as a record of the released schema (see the module-level `to_record`)."""
