@@ -21,3 +21,13 @@ def _seed():
 def _data_cache(tmp_path_factory, monkeypatch):
     """Generated splits are cached in a per-test directory, never in the user's ~/.cache."""
     monkeypatch.setenv("LATENTREASON_DATA_CACHE", str(tmp_path_factory.mktemp("data_cache")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole module, restored afterwards (a test elsewhere, e.g. the quickstart's, may
+    have changed the count): tiny models are fastest on one thread and never thrash a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -21,14 +21,7 @@ ANSWERS = ["(3+5)+7", "12/4", "Sam is a wumpus."]
 CORPUS = QUESTIONS + [s for steps in STEPS for s in steps] + ["### " + a for a in ANSWERS]
 BACKBONES = ["gpt2-tiny", "qwen3-tiny", "llama-tiny"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is fastest, and avoids thrashing on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(backbone: str = "gpt2-tiny", seed: int = 0, **looped) -> tuple[Looped, list]:

@@ -16,13 +16,7 @@ QUESTIONS = ["Numbers: 3 5 7. Target: 15.", "Numbers: 12 4. Target: 3.", "Is Sam
 ANSWERS = ["(3+5)+7", "12/4", "Sam is a wumpus.", "2+2"]
 CORPUS = QUESTIONS + ["### " + a for a in ANSWERS]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(backbone: str) -> tuple[Looped, list]:
