@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import helpers
 from latentreason.backbones import build_backbone, lm_forward, new_cache
 from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
@@ -126,18 +127,7 @@ def test_cot_training_lowers_loss_and_changes_every_parameter(tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    straight = tiny_run(tmp_path / "a", "train.epochs=3")
-    resumed = tiny_run(tmp_path / "b", "train.epochs=3")
-    train(straight, progress=False, evaluate_at_end=False)
-    assert train(resumed, progress=False, stop_after_steps=5) == {"stopped_at_step": 5}
-    assert (tmp_path / "b" / "run" / "checkpoint.safetensors").exists()
-    train(resumed, progress=False, evaluate_at_end=False)
-    a = load_run_weights(tmp_path / "a" / "run")
-    b = load_run_weights(tmp_path / "b" / "run")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    log_a = [json.loads(x)["loss"] for x in open(tmp_path / "a" / "run" / "metrics.jsonl")]
-    log_b = [json.loads(x)["loss"] for x in open(tmp_path / "b" / "run" / "metrics.jsonl")]
-    assert log_a == log_b
+    helpers.resume_matches_uninterrupted(tiny_run(tmp_path / "a", "train.epochs=3"), tiny_run(tmp_path / "b", "train.epochs=3"))
 
 
 def test_finished_run_is_never_overwritten(tmp_path):
