@@ -21,8 +21,9 @@ import torch
 
 import common
 from bench_latent_step import reference_coconut_forward
-from latentreason.backbones import forward_flops, lm_forward
+from latentreason.backbones import lm_forward
 from latentreason.config import CoconutConfig, MethodConfig
+from latentreason.flops import forward_flops
 from latentreason.methods.base import LatentMethod
 from latentreason.tokenization import EncodedExample
 

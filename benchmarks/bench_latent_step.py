@@ -27,8 +27,9 @@ from typing import Any, Callable
 import torch
 
 import common
-from latentreason.backbones import forward_flops, lm_forward, new_cache
+from latentreason.backbones import lm_forward, new_cache
 from latentreason.config import CoconutConfig, CoprocessorConfig, MethodConfig
+from latentreason.flops import forward_flops, train_flops
 from latentreason.methods.base import LatentMethod, causal_lm_loss
 from latentreason.tokenization import supervised_sequences
 
@@ -151,18 +152,18 @@ def main() -> None:
                     checks[f"k={k}: |coconut - reference{'' if per_position else '-vec'}| loss"] = abs(ours - reference)
         fns[f"cot@k={k}"] = common.train_step(lambda b=batch: cot_loss(coconut, b), optimizer, env)
         fns[f"coconut@k={k}"] = common.train_step(lambda b=batch: coconut.loss(b), optimizer, env)
-        info[f"cot@k={k}"] = {"method": "cot (same tokens)", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": None}
-        info[f"coconut@k={k}"] = {"method": "coconut", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": f"cot@k={k}"}
+        info[f"cot@k={k}"] = {"method": "cot (same tokens)", "k": k, "tokens": tokens, "flops": train_flops(forward), "ref": None}
+        info[f"coconut@k={k}"] = {"method": "coconut", "k": k, "tokens": tokens, "flops": train_flops(forward), "ref": f"cot@k={k}"}
         if not args.no_reference and k > 0:
             fns[f"reference@k={k}"] = common.train_step(lambda b=batch: reference_coconut_loss(coconut, b), optimizer, env)
-            info[f"reference@k={k}"] = {"method": "reference (published code)", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": f"coconut@k={k}"}
+            info[f"reference@k={k}"] = {"method": "reference (published code)", "k": k, "tokens": tokens, "flops": train_flops(forward), "ref": f"coconut@k={k}"}
             fns[f"reference-vec@k={k}"] = common.train_step(lambda b=batch: reference_coconut_loss(coconut, b, False), optimizer, env)
-            info[f"reference-vec@k={k}"] = {"method": "reference algorithm, vectorised write", "k": k, "tokens": tokens, "flops": 3 * forward, "ref": f"coconut@k={k}"}
+            info[f"reference-vec@k={k}"] = {"method": "reference algorithm, vectorised write", "k": k, "tokens": tokens, "flops": train_flops(forward), "ref": f"coconut@k={k}"}
         if not args.no_naive and k > 0:
             start = batch["latent_start"]
             naive_forward = sum(forward_flops(dims, start + j, 0, start + j) for j in range(k)) * B + forward
             fns[f"naive@k={k}"] = common.train_step(lambda b=batch: naive_coconut_loss(coconut, b), optimizer, env)
-            info[f"naive@k={k}"] = {"method": "naive recompute", "k": k, "tokens": tokens, "flops": 3 * naive_forward, "ref": f"coconut@k={k}"}
+            info[f"naive@k={k}"] = {"method": "naive recompute", "k": k, "tokens": tokens, "flops": train_flops(naive_forward), "ref": f"coconut@k={k}"}
 
     variants = [v for v in args.variants.split(",") if v]
     if variants:
@@ -174,18 +175,16 @@ def main() -> None:
         B, T = cot_batch["input_ids"].shape
         tokens = int(cot_batch["attention_mask"].sum())
         fns[f"cot@N_L={n}"] = common.train_step(lambda b=cot_batch: cot_loss(coconut, b), optimizer, env)
-        info[f"cot@N_L={n}"] = {"method": "cot (question+N_L+answer)", "k": n, "tokens": tokens, "flops": 3 * forward_flops(dims, T, 0, T) * B, "ref": None}
+        info[f"cot@N_L={n}"] = {"method": "cot (question+N_L+answer)", "k": n, "tokens": tokens, "flops": train_flops(forward_flops(dims, T, 0, T) * B), "ref": None}
         for variant in variants:
             cfg = MethodConfig(name="coprocessor", n_latents=n, coprocessor=CoprocessorConfig(variant=variant))
             method, _, _ = common.build(args, env, cfg, examples, backbone=copy.deepcopy(pristine))
             method.train()
             batch = common.to_device(method.collate(encoded), env.device)
             q_len, a_len = batch["question_ids"].shape[1], batch["answer_ids"].shape[1]
-            lead, past = (n, q_len) if method.injection == "embeddings" else (1, q_len + n)  # kv: <eot> after injected K/V
-            flops = B * (forward_flops(method.dims, q_len, 0, 0) + forward_flops(method.coprocessor_dims, n, q_len, 0)
-                         + forward_flops(method.dims, lead + a_len, past, lead + a_len))
+            flops = B * method.three_pass_flops(q_len, a_len, method.lead_in_length + a_len)  # the head on every lead-in and answer position
             fns[f"coprocessor-{variant}"] = common.train_step(lambda m=method, b=batch: m.loss(b), common.adamw(method, env), env)
-            info[f"coprocessor-{variant}"] = {"method": f"coprocessor {variant}", "k": n, "tokens": tokens, "flops": 3 * flops, "ref": f"cot@N_L={n}"}
+            info[f"coprocessor-{variant}"] = {"method": f"coprocessor {variant}", "k": n, "tokens": tokens, "flops": train_flops(flops), "ref": f"cot@N_L={n}"}
 
     print(f"timing {len(fns)} steps x {args.repeats} repeats (interleaved) ...")
     times = common.time_interleaved(fns, env.device, args.repeats, args.warmup)

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 
 import common
-from latentreason.backbones import forward_flops
 from latentreason.config import CoprocessorConfig, MethodConfig
+from latentreason.flops import train_flops
 
 try:
     from latentreason.methods.coprocessor_pretrain import pack, pretrain_loss, pretrain_loss_sequential, sample_points
@@ -66,11 +66,9 @@ def main() -> None:
         fns[f"masked@M={m}"] = common.train_step(lambda pts=points: pretrain_loss(method, x, pts, args.ahead), optimizer, env)
         fns[f"sequential@M={m}"] = common.train_step(lambda pts=points: pretrain_loss_sequential(method, x, pts, args.ahead), optimizer, env)
         # Useful training FLOPs (the sequential definition's passes, x3 for backward), the same for both sides.
-        n, a = args.n_latents, args.ahead
-        flops = 3 * sum(
-            forward_flops(method.dims, q, 0, 0) + forward_flops(method.coprocessor_dims, n, q, 0) + forward_flops(method.dims, n + a - 1, q, n + a - 1)
-            for q in points.flatten().tolist()
-        )
+        a = args.ahead
+        # Pass 3 reads the N_L latents and the first N_A - 1 ahead tokens, the head on all of them.
+        flops = train_flops(sum(method.three_pass_flops(q, a - 1, method.lead_in_length + a - 1) for q in points.flatten().tolist()))
         for side in ("masked", "sequential"):
             meta[f"{side}@M={m}"] = {"side": side, "M": m, "target_tokens": len(x) * m * args.ahead, "flops": flops}
 

@@ -32,9 +32,10 @@ from typing import Any
 import torch
 
 import common
-from latentreason.backbones import forward_flops
+from latentreason.batching import epoch_order
 from latentreason.config import RunConfig, from_dict
-from latentreason.training import build_run, epoch_order, train
+from latentreason.flops import forward_flops, train_flops
+from latentreason.training import build_run, train
 
 TARGET_RATIO = 0.90
 
@@ -155,7 +156,7 @@ def main() -> None:
         key = "bucket" if name.endswith("bucket") else "random"
         useful = sum(b["useful"] for b in shapes[key])
         computed = sum(b["computed"] for b in shapes[key])
-        flops = sum(3 * forward_flops(dims, b["T"], 0, b["T"]) * b["computed"] / b["T"] for b in shapes[key])
+        flops = sum(train_flops(forward_flops(dims, b["T"], 0, b["T"])) * b["computed"] / b["T"] for b in shapes[key])
         median = statistics.median(s)
         rows.append({
             "name": name, "batches": key, "steps": timed, "ms/step": 1000 * median / timed, "min_s": min(s), "max_s": max(s),

@@ -27,9 +27,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from latentreason.backbones import Backbone, ModelDims, build_backbone  # noqa: E402
+from latentreason.backbones import Backbone, build_backbone  # noqa: E402
 from latentreason.config import MethodConfig, ModelConfig  # noqa: E402
 from latentreason.methods import LatentMethod, build_method  # noqa: E402
+from latentreason.tables import markdown_table  # noqa: E402
 from latentreason.tasks import get_task  # noqa: E402
 from latentreason.tokenization import EncodedExample, encode_examples, example_texts  # noqa: E402
 
@@ -263,13 +264,6 @@ def mfu(flops: float, seconds: float, device: torch.device) -> float | None:
     return None if peak is None or seconds <= 0 else flops / seconds / peak
 
 
-def train_flops_per_token(dims: ModelDims, context: float) -> float:
-    """6N-style training FLOPs per token: forward (2 per layer parameter + attention at this mean causal
-    context + LM head) times 3 for forward + backward."""
-    forward = 2 * dims.n_params_layers + 4 * dims.n_layer * dims.d_model * context + 2 * dims.d_model * dims.vocab_size
-    return 3 * forward
-
-
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -287,10 +281,7 @@ def fmt(value: Any) -> str:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A Markdown table of `rows` restricted to `columns` (missing cells print as n/a)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, columns, fmt=fmt)
 
 
 def report(title: str, args: argparse.Namespace, env: Env, rows: Sequence[dict[str, Any]], columns: Sequence[str],

@@ -20,11 +20,14 @@ def fit(method, encoded, steps: int = 12, lr: float = 1e-2) -> None:
     method.eval()
 
 
-def resume_matches_uninterrupted(straight, resumed, stop_after: int = 5) -> list[float]:
+def resume_matches_uninterrupted(straight, resumed, stop_after: int = 5, train=None) -> list[float]:
     """Train `straight` to the end; train `resumed` (same config, another out_dir), stop it after `stop_after`
-    steps as if killed, resume it; assert bit-equal final weights and identical loss logs. Returns the losses."""
+    steps as if killed, resume it; assert bit-equal final weights and identical loss logs. Returns the losses.
+    `train`: the entry point (default training.train; e.g. pretraining.pretrain_coprocessor)."""
     from latentreason.checkpoint import load_run_weights
-    from latentreason.training import train
+
+    if train is None:
+        from latentreason.training import train
 
     train(straight, progress=False, evaluate_at_end=False)
     assert train(resumed, progress=False, stop_after_steps=stop_after) == {"stopped_at_step": stop_after}

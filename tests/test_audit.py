@@ -10,8 +10,7 @@ import pytest
 
 from latentreason.cli import main
 from latentreason.tasks import Example, get_task
-from latentreason.tasks.audit import (audit, format_markdown, prosqa_audit, shortcut_ceiling,
-                                      solvable_with_strict_subset)
+from latentreason.tasks.audit import audit, format_markdown, prosqa_audit, shortcut_ceiling, solvable_with_strict_subset
 
 TEN_NODES = {"n_nodes": 10, "min_depth": 2, "max_depth": 3}
 PROSQA_VALID = Path(__file__).resolve().parents[1] / "data" / "prosqa" / "prosqa_valid.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from latentreason.training import bucket_by_length
+from latentreason.batching import bucket_by_length
 
 
 def padded_tokens(order: list[int], lengths: list[int], batch: int) -> int:

@@ -79,7 +79,7 @@ def test_quiet_defaults_to_false_for_every_subcommand():
 
 
 def test_analyze_honours_quiet(tmp_path, monkeypatch):
-    from latentreason import experiments
+    from latentreason.analysis import runs as experiments
 
     (tmp_path / "config.yaml").write_text("{}")
     (tmp_path / "model.pt").write_bytes(b"")
@@ -115,7 +115,8 @@ def test_train_help_lists_methods_tasks_backbones_and_every_config_key(capsys):
 
 def test_light_name_lists_match_the_registries():
     """cli/config list these names without importing torch; they must equal the real registries."""
-    from latentreason.backbones import PRETRAINED_ALIASES as aliases, TINY_BACKBONES
+    from latentreason.backbones import PRETRAINED_ALIASES as aliases
+    from latentreason.backbones import TINY_BACKBONES
     from latentreason.methods import METHODS
     from latentreason.tasks import TASKS
 
@@ -190,7 +191,8 @@ def _fake_train(calls: list):
 
 
 def test_sweep_says_loudly_that_it_reuses_finished_cells(tmp_path, monkeypatch, capsys):
-    from latentreason import experiments, training
+    from latentreason import sweep as experiments
+    from latentreason import training
 
     calls: list = []
     monkeypatch.setattr(training, "train", _fake_train(calls))
@@ -233,7 +235,8 @@ def test_quickstart_threads_respect_omp_and_leave_busy_cores_alone(monkeypatch):
 
 
 def test_sweep_tables_use_half_width_keys_and_name_chance_and_the_shortcut_ceiling():
-    from latentreason.experiments import _results_table, aggregate
+    from latentreason.report import _results_table
+    from latentreason.results import aggregate
 
     rows = [{"task.name": "prosqa", "method.name": "cot", "accuracy": acc, "accuracy_ci95": [acc - 0.1, acc + 0.1],
              "chance_accuracy": 0.5, "shortcut_ceiling": 0.62, "train.seed": seed} for seed, acc in enumerate([0.5, 0.7, 0.9])]

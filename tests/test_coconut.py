@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-
-import helpers
 import torch
 
+import helpers
 from latentreason.backbones import build_backbone, lm_forward
 from latentreason.config import CoconutConfig, MethodConfig, ModelConfig
 from latentreason.methods.base import causal_lm_loss

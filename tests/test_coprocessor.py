@@ -14,11 +14,11 @@ from latentreason.methods import build_method
 from latentreason.methods.coprocessor import Coprocessor
 from latentreason.methods.coprocessor_pretrain import (
     no_latent_loss,
-    pretrain_coprocessor,
     pretrain_loss,
     pretrain_loss_sequential,
     sample_points,
 )
+from latentreason.pretraining import pretrain_coprocessor
 from latentreason.tasks.base import Example
 from latentreason.tokenization import encode_examples
 

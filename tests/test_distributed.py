@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from latentreason.checkpoint import load_run_weights
-import torch.distributed as dist
 
 COMMON = [
     "task.name=countdown", "task.branching=3", "task.train_size=48", "task.eval_size=4",

@@ -11,15 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from latentreason import experiments
+from latentreason import report, results
+from latentreason.analysis import runs
 from latentreason.config import RunConfig, from_dict, save_config
 from latentreason.errors import UserInputError
-from latentreason.experiments import SweepConfig, aggregate, cell_config, cell_name, expand, run_sweep
+from latentreason.results import aggregate
+from latentreason.sweep import SweepConfig, cell_config, cell_name, expand, read_sweep, run_sweep
 
 TINY = {
     "model": {"backbone": "gpt2-tiny", "n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
@@ -76,12 +78,12 @@ def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
     """Every cell of the shipped replication sweeps builds a valid RunConfig and its references resolve."""
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("replication_cpu.yaml", "replication_cpu_b.yaml", "replication_gpu.yaml", "replication_cpu_smoke.yaml"):
-        sweep = experiments.read_sweep(root / name)
-        cells = expand(sweep)
+        config = read_sweep(root / name)
+        cells = expand(config)
         names = {cell_name(c) for c in cells}
         assert len(names) == len(cells), name
         for cell in cells:
-            cfg, dependencies = cell_config(sweep, cell, cells)
+            cfg, dependencies = cell_config(config, cell, cells)
             if cfg.method.name == "coconut":
                 assert [d["method.name"] for d in dependencies] == ["cot"]
             if cfg.method.name == "coprocessor" and cfg.method.coprocessor.variant in ("liu", "h1", "h2"):
@@ -97,9 +99,9 @@ def test_replication_cpu_halves_share_their_no_cot_cells() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
     configs = {}
     for name in ("replication_cpu.yaml", "replication_cpu_b.yaml"):
-        sweep = experiments.read_sweep(root / name)
-        cells = expand(sweep)
-        configs[name] = {cell_name(c): cell_config(sweep, c, cells) for c in cells}
+        config = read_sweep(root / name)
+        cells = expand(config)
+        configs[name] = {cell_name(c): cell_config(config, c, cells) for c in cells}
     part_a, part_b = configs["replication_cpu.yaml"], configs["replication_cpu_b.yaml"]
     shared = set(part_a) & set(part_b)
     assert len(shared) == 3 and all(part_a[n][0] == part_b[n][0] for n in shared)
@@ -133,9 +135,9 @@ def test_second_sweep_skips_finished_cells_and_resumes_analyses(tmp_path: Path, 
 
     def fake_analyze(run_dir, overrides=None, progress=True):
         analyzed.append(Path(run_dir).name)
-        return experiments._write_analysis(Path(run_dir) / "analysis", {"n_slots": 0, "skipped": "test"})
+        return runs._write_analysis(Path(run_dir) / "analysis", {"n_slots": 0, "skipped": "test"})
 
-    monkeypatch.setattr(experiments, "analyze_run", fake_analyze)
+    monkeypatch.setattr(runs, "analyze_run", fake_analyze)
     path = tmp_path / "sweep.yaml"
     path.write_text(
         f"out_dir: {tmp_path / 'out'}\n"
@@ -277,7 +279,7 @@ def test_paired_gains_compare_each_cell_with_its_own_seeds_start() -> None:
     rows += [row(f"liu_{s}", "coprocessor", s, a, f"/x/runs/no_cot_{s}", **{"method.n_latents": 4, "method.coprocessor.variant": "liu"})
              for s, a in enumerate([0.2, 0.5, 0.45])]
     rows += [row("orphan", "soft_tokens", 0, 0.9, "/elsewhere/runs/missing", **{"method.n_latents": 8})]
-    gains = {(g["method.name"], g["method.n_latents"]): g for g in experiments.paired_gains(rows)}
+    gains = {(g["method.name"], g["method.n_latents"]): g for g in results.paired_gains(rows)}
     assert set(gains) == {("soft_tokens", 4), ("coprocessor", 4)}  # no_cot has no start; the orphan's start is not in the sweep
     soft = gains[("soft_tokens", 4)]
     assert soft["start"] == "no_cot" and soft["seeds"] == 3 and soft["gain_mean"] == pytest.approx(0.05)
@@ -289,18 +291,18 @@ def test_paired_gains_compare_each_cell_with_its_own_seeds_start() -> None:
 
 def test_analyze_cot_run_has_nothing_to_analyze(tmp_path: Path, capsys) -> None:
     run = tiny_run(tmp_path / "cot", {"name": "cot"})
-    result = experiments.analyze_run(run, progress=False)
+    result = runs.analyze_run(run, progress=False)
     assert result["n_slots"] == 0 and "nothing to analyze" in result["skipped"]
     assert "nothing to analyze" in capsys.readouterr().out
     assert json.loads((run / "analysis/analysis.json").read_text())["n_slots"] == 0
     with pytest.raises(UserInputError, match="unknown analysis option"):
-        experiments.analyze_run(run, ["analysis.bogus=1"], progress=False)
+        runs.analyze_run(run, ["analysis.bogus=1"], progress=False)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("latentreason.methods.soft_tokens") is None, reason="soft_tokens module not written yet")
 def test_analyze_soft_tokens_run(tmp_path: Path) -> None:
     run = tiny_run(tmp_path / "soft", {"name": "soft_tokens", "n_latents": 3})
-    result = experiments.analyze_run(run, ["analysis.variance_threshold=0.8", "analysis.top_k=2", "analysis.batch_size=3"], progress=False)
+    result = runs.analyze_run(run, ["analysis.variance_threshold=0.8", "analysis.top_k=2", "analysis.batch_size=3"], progress=False)
     assert result["n_slots"] == 3 and result["n_examples"] == 8 and result["variance_threshold"] == 0.8
     assert len(result["cross_capture"]) == 3 and all(len(row) == 3 for row in result["cross_capture"])
     assert all(result["cross_capture"][i][i] >= 0.8 - 1e-9 for i in range(3))  # a slot captures its own variance
@@ -317,7 +319,7 @@ def test_analyze_soft_tokens_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize("variant", ["liu", "h1"])
 def test_analyze_coprocessor_compares_base_and_coprocessor(tmp_path: Path, variant: str) -> None:
     run = tiny_run(tmp_path / variant, {"name": "coprocessor", "n_latents": 2, "coprocessor": {"variant": variant}})
-    result = experiments.analyze_run(run, ["analysis.plots=false"], progress=False)
+    result = runs.analyze_run(run, ["analysis.plots=false"], progress=False)
     assert set(result["logit_lens"]) == {"base", "coprocessor"}
     bvc = result["base_vs_coprocessor"]
     assert bvc["base_slots"] == (2 if variant == "liu" else 1)  # h1: the Base's <eot> state after the latent K/V
@@ -341,7 +343,7 @@ def hand_made_cell(root: Path, name: str, overrides: dict, accuracy: float, anal
     }))
     (out / "done.json").write_text("{}")
     if analysis is not None:
-        experiments._write_analysis(out / "analysis", analysis)
+        runs._write_analysis(out / "analysis", analysis)
 
 
 def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
@@ -364,7 +366,7 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
     (tmp_path / "runs/broken").mkdir()
     (tmp_path / "runs/broken/error.txt").write_text("Traceback ...")
 
-    path = Path(experiments.write_report(tmp_path))
+    path = Path(report.write_report(tmp_path))
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert "coprocessor-h1" in text and "soft_tokens" in text and "looped" in text
@@ -378,4 +380,4 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
     for name in plots:
         assert f"plots/{name}" in text
     with pytest.raises(UserInputError, match="no finished runs"):
-        experiments.write_report(tmp_path / "empty")
+        report.write_report(tmp_path / "empty")

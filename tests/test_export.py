@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from latentreason.cli import main
 from latentreason.config import load_config
 from latentreason.export import MANIFEST, METHOD_WEIGHTS, load_exported
-from latentreason.training import load_finished_run, train
+from latentreason.finished_run import load_finished_run
+from latentreason.training import train
 
 TINY = ["task.name=countdown", "task.branching=3", "task.train_size=32", "task.eval_size=6", "train.batch_size=8",
         "train.max_steps=3", "train.warmup_steps=1", "train.lr=1e-2", "train.trackers=none", "model.n_layer=1",

@@ -9,15 +9,13 @@ import pytest
 import torch
 
 import helpers
-from latentreason.backbones import build_backbone, lm_forward, new_cache
+from latentreason.backbones import ModelDims, build_backbone, forward_flops, lm_forward, new_cache
 from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
-from latentreason.config import ModelConfig, RunConfig, load_config
+from latentreason.config import MethodConfig, ModelConfig, RunConfig, load_config
 from latentreason.errors import UserInputError
 from latentreason.methods import build_method
 from latentreason.methods.base import decode_flops
-from latentreason.config import MethodConfig
-from latentreason.backbones import ModelDims, forward_flops
 from latentreason.tasks import get_task
 from latentreason.tokenization import encode_examples, example_texts
 from latentreason.training import train

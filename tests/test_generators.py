@@ -13,8 +13,8 @@ from functools import lru_cache
 import pytest
 
 from latentreason.cli import main
-from latentreason.tasks import get_task
 from latentreason.tasks import countdown as cd
+from latentreason.tasks import get_task
 from latentreason.tasks import prosqa as pq
 
 TEN_NODES = {"n_nodes": 10, "min_depth": 2, "max_depth": 3}

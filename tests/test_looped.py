@@ -181,7 +181,8 @@ def test_mixed_exits_every_policy_saves_compute():
 
 def test_trains_end_to_end(tmp_path):
     from latentreason.config import load_config
-    from latentreason.training import evaluate_run, train
+    from latentreason.finished_run import evaluate_run
+    from latentreason.training import train
 
     cfg = load_config(None, [
         f"out_dir={tmp_path / 'run'}", "method.name=looped", "method.looped.loops=2", "task.name=countdown",

@@ -8,7 +8,7 @@ import torch
 from latentreason.backbones import build_backbone
 from latentreason.config import LoopedConfig, MethodConfig, ModelConfig
 from latentreason.methods import build_method
-from latentreason.methods.looped import KV_POLICIES, LoopKV, Looped
+from latentreason.methods.looped import KV_POLICIES, Looped, LoopKV
 from latentreason.tasks import Example
 from latentreason.tokenization import encode_examples
 

@@ -151,7 +151,7 @@ def test_readme_slow_commands_run_on_a_fresh_copy(fresh_clone):
 
 
 def test_gpu_replication_sweep_resolves_every_cell(fresh_clone):
-    from latentreason.experiments import cell_config, expand, read_sweep
+    from latentreason.sweep import cell_config, expand, read_sweep
 
     runnable, _ = latentreason_commands()
     sweeps = [argv for argv in runnable if argv[0] == "sweep" and GPU_ONLY in " ".join(argv)]

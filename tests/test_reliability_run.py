@@ -30,8 +30,9 @@ from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
 from latentreason.config import load_config
 from latentreason.errors import DiskFull, TrainingDiverged, UserInputError
+from latentreason.finished_run import evaluate_run
 from latentreason.runlock import LOCK_FILE, RunLock
-from latentreason.training import evaluate_run, load_weights, train
+from latentreason.training import train
 
 TINY = [
     "task.name=countdown", "task.branching=3", "task.train_size=64", "task.eval_size=8", "train.batch_size=16",

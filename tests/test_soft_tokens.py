@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from helpers import fit
-
 from latentreason.backbones import build_backbone, lm_forward
 from latentreason.config import MethodConfig, ModelConfig
 from latentreason.methods.cot import NoCoT

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import helpers
-
 from latentreason.checkpoint import load_run_weights
 from latentreason.config import TaskConfig, load_config
 from latentreason.data import EVAL_SEED_OFFSET, ExampleStream, load_split, stream_chunk_seed, stream_enabled, vocabulary_texts

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from latentreason import cli, experiments
+from latentreason import cli, sweep
 from latentreason.config import RunConfig, save_config
-from latentreason.experiments import CLAIM_FILE, _claim, _release
+from latentreason.sweep import CLAIM_FILE, _claim, _release
 
 
 def dead_pid() -> int:
@@ -128,7 +128,7 @@ def test_exactly_one_of_many_taker_processes_wins(tmp_path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from latentreason.experiments import _claim
+from latentreason.sweep import _claim
 assert _claim(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(60)
@@ -192,7 +192,9 @@ def test_sweep_exit_code_is_1_when_a_cell_failed_and_0_when_none_did(tmp_path, m
     assert cli.main(["--quiet", "sweep", str(path)]) == 0  # re-run: the failed cell now trains
 
 
-def test_bad_config_in_one_cell_is_named_before_any_cell_trains_and_the_others_go_on(tmp_path, monkeypatch, capsys) -> None:
+def train_noting_stderr_before_the_first_cell(monkeypatch, capsys) -> tuple[list[str], list[str]]:
+    """Patch training with a fake that records the cells it trains and what the sweep printed to stderr
+    before the first of them."""
     calls: list[str] = []
     seen_before_first_train: list[str] = []
 
@@ -201,6 +203,11 @@ def test_bad_config_in_one_cell_is_named_before_any_cell_trains_and_the_others_g
             seen_before_first_train.append(capsys.readouterr().err)
 
     monkeypatch.setattr("latentreason.training.train", fake_train(calls, before=note_stderr))
+    return calls, seen_before_first_train
+
+
+def test_bad_config_in_one_cell_is_named_before_any_cell_trains_and_the_others_go_on(tmp_path, monkeypatch, capsys) -> None:
+    calls, seen_before_first_train = train_noting_stderr_before_the_first_cell(monkeypatch, capsys)
     path = write_sweep(tmp_path, "{train.lr: [0.001, 0.01, -1]}")
     assert cli.main(["--quiet", "sweep", str(path)]) == 1
     assert sorted(calls) == ["lr-0.001", "lr-0.01"]
@@ -242,5 +249,22 @@ def test_a_user_input_error_while_training_fails_that_cell_only(tmp_path, monkey
 
 def test_held_claims_map_is_empty_after_a_sweep(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("latentreason.training.train", fake_train([], crash="seed-0"))
-    experiments.run_sweep(write_sweep(tmp_path, "{train.seed: [0, 1]}"), progress=False)
-    assert not experiments._held_claims
+    sweep.run_sweep(write_sweep(tmp_path, "{train.seed: [0, 1]}"), progress=False)
+    assert not sweep._held_claims
+
+
+def test_typos_in_the_last_groups_are_named_with_file_and_cell_before_the_first_cell_trains(tmp_path, monkeypatch, capsys) -> None:
+    """Every cell is resolved and validated up front (config keys and values, {cell:...} references): a typo
+    in a late group is reported, naming the sweep file and the cell, before any cell trains."""
+    calls, seen_before_first_train = train_noting_stderr_before_the_first_cell(monkeypatch, capsys)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\nbase: {{task: {{name: countdown}}}}\ngroups:\n"
+                    "  - {method.name: [no_cot]}\n"
+                    "  - {method.name: [soft_tokens], method.n_latnts: [2]}\n"
+                    "  - {method.name: [coconut], method.n_latents: [2], train.init_from: ['{cell:method.name=ctot}']}\n")
+    assert cli.main(["--quiet", "sweep", str(path)]) == 1
+    assert calls == ["no_cot"]
+    err = seen_before_first_train[0]
+    assert f"{path}: cell soft_tokens_nlatnts-2: unknown config key(s) ['method.n_latnts']" in err
+    assert f"{path}: cell coconut_nlatents-2: cell reference '{{cell:method.name=ctot}}'" in err and "matches no cell" in err
+    assert "unknown config key" in (tmp_path / "out/runs/soft_tokens_nlatnts-2/error.txt").read_text()

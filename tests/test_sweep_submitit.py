@@ -108,3 +108,19 @@ def test_submitit_local_executor_trains_a_two_cell_sweep(tmp_path):
     start = json.loads((runs / "no_cot/done.json").read_text())
     assert start["steps"] == 2 and (runs / "soft_tokens_nlatents-2/done.json").exists()
     assert list((tmp_path / "out/submitit").glob("*_log.out"))  # submitit's own job logs
+
+
+def test_submitit_sweep_names_a_bad_cell_before_submitting_and_runs_the_others(tmp_path, monkeypatch, capsys):
+    """Every cell is resolved and validated before the first job (as in run_sweep): a typo fails its cell
+    and the cells that start from it; it is named with the sweep file on stderr."""
+    calls: list[str] = []
+    monkeypatch.setattr("latentreason.training.train", fake_train(calls))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\nbase: {{task: {{name: countdown}}}}\ngroups:\n"
+                    "  - {method.name: [no_cot]}\n"
+                    "  - {method.name: [soft_tokens], method.n_latnts: [2]}\n")
+    failures: list[str] = []
+    submit_sweep(path, cluster="debug", failures=failures)
+    assert calls == ["no_cot"] and failures == ["soft_tokens_nlatnts-2"]
+    assert f"{path}: cell soft_tokens_nlatnts-2: unknown config key(s)" in capsys.readouterr().err
+    assert "unknown config key" in (tmp_path / "out/runs/soft_tokens_nlatnts-2/error.txt").read_text()

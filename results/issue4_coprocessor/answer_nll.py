@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from latentreason.config import RunConfig, from_dict, read_yaml
-from latentreason.experiments import markdown_table
+from latentreason.tables import markdown_table
 from latentreason.checkpoint import weights_path
 from latentreason.training import build_run, load_weights
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from latentreason.tables import markdown_table
+
 here = Path(__file__).parent
 rows = []
 for run in sorted((here / "runs").iterdir()):
@@ -33,7 +35,6 @@ with open(here / "table_q.csv", "w", newline="") as handle:
     writer.writeheader()
     writer.writerows(rows)
 fmt = lambda v: f"{v:.3g}" if isinstance(v, float) and abs(v) >= 1e4 else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
-(here / "table_q.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
+table = markdown_table(rows, columns, fmt=fmt)
+(here / "table_q.md").write_text(table + "\n")
+print(table)

@@ -1,14 +1,15 @@
 """Backbone registry: tiny from-scratch configs, local/hub HF models, and SmolLM2-135M from its GGUF file.
 
 Also the one place that calls an HF causal LM (`lm_forward`), so every method drives models the same way:
-`inputs_embeds`, explicit `attention_mask` and `position_ids`, and a `DynamicCache` updated in place.
+`inputs_embeds`, explicit `attention_mask` and `position_ids`, and a `DynamicCache` updated in place; and the
+one adapter for HF internals (`decoder_parts`: embeddings, layer list, final norm, head, rotary embedding;
+`layer_attention_mask`: a 4-D mask in the form the layers take). FLOPs: `latentreason.flops`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,7 @@ from transformers import (
 from latentreason.backbone_names import backbone_kind, check_hub_backbone
 from latentreason.config import ModelConfig
 from latentreason.errors import UserInputError
+from latentreason.flops import ModelDims, forward_flops  # noqa: F401  (re-exported: the FLOP model lives in flops.py)
 from latentreason.tokenization import add_latent_tokens, train_tokenizer
 
 
@@ -188,41 +190,64 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable}
 
 
+# ----------------------------------------------------------------------------- the adapter for HF internals
+# Code that drives a decoder's layers by hand (the looped stack), reads its final norm and head (logit lens),
+# or builds its own 4-D attention masks asks here instead of reaching into `transformer.h` / `model.layers`.
+
+
 @dataclass
-class ModelDims:
-    """What the analytic FLOP count needs to know about a transformer."""
+class DecoderParts:
+    """The pieces of an HF causal LM (the model's own modules, not copies)."""
 
-    n_layer: int
-    d_model: int
-    vocab_size: int
-    n_params_layers: int
-    """Parameters inside the decoder layers (the part every token pays for, 2 FLOPs each)."""
-
-    @classmethod
-    def of(cls, model: PreTrainedModel) -> "ModelDims":
-        cfg = model.config
-        n_layer = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-        d_model = getattr(cfg, "hidden_size", None) or cfg.n_embd
-        embed = model.get_input_embeddings().weight
-        head = model.get_output_embeddings()
-        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        n_other = embed.numel()
-        if head is not None and head.weight.data_ptr() != embed.data_ptr():
-            n_other += head.weight.numel()
-        pos = getattr(getattr(model, "transformer", None), "wpe", None)
-        if pos is not None:
-            n_other += pos.weight.numel()
-        return cls(n_layer=n_layer, d_model=d_model, vocab_size=embed.shape[0], n_params_layers=total - n_other)
+    embed: nn.Module
+    """Token embeddings."""
+    layers: nn.ModuleList
+    """The decoder layers, in order."""
+    norm: nn.Module
+    """The final norm (applied after the last layer, before the head)."""
+    head: nn.Module
+    """The LM head ([..., d] -> [..., vocab])."""
+    rotary: nn.Module | None
+    """Rotary embedding module (Llama/Qwen3/SmolLM2): called as rotary(x, position_ids); None for GPT-2."""
+    wpe: nn.Module | None
+    """Learned absolute position embeddings (GPT-2), added once to the token embeddings; else None."""
+    drop: nn.Module | None
+    """Dropout on the input embeddings (GPT-2); else None."""
+    full_attention: bool
+    """Every layer attends to all earlier positions (no sliding-window layers)."""
 
 
-def forward_flops(dims: ModelDims, new_tokens: float, past_tokens: float, head_tokens: float) -> float:
-    """Analytic FLOPs of one forward over `new_tokens` attending to `past_tokens` cached ones.
+def decoder_parts(model: nn.Module) -> DecoderParts:
+    """The parts of a GPT-2 layout (transformer.h / ln_f / wpe) or a Llama-style layout (model.layers / norm /
+    rotary_emb: Llama, Qwen3, SmolLM2). A PEFT wrapper is unwrapped first; LoRA-injected models keep their
+    layout."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    gpt2 = getattr(model, "transformer", None)
+    inner = getattr(model, "model", None)
+    if gpt2 is not None and hasattr(gpt2, "h"):
+        layers, norm, rotary, wpe, drop = gpt2.h, gpt2.ln_f, None, gpt2.wpe, gpt2.drop
+    elif inner is not None and hasattr(inner, "layers") and hasattr(inner, "rotary_emb"):
+        layers, norm, rotary, wpe, drop = inner.layers, inner.norm, inner.rotary_emb, None, None
+    else:
+        raise UserInputError(
+            f"cannot find the decoder parts of {type(model).__name__} (the final norm, LM head and layer list): "
+            "GPT-2 (transformer.h/ln_f) and Llama-style (model.layers/norm/rotary_emb: Llama, Qwen3, SmolLM2) layouts are supported"
+        )
+    layer_types = getattr(model.config, "layer_types", None) or []
+    return DecoderParts(
+        embed=model.get_input_embeddings(), layers=layers, norm=norm, head=model.get_output_embeddings(),
+        rotary=rotary, wpe=wpe, drop=drop, full_attention=all(kind == "full_attention" for kind in layer_types),
+    )
 
-    2 FLOPs per layer parameter per token, plus attention scores and values (2 matmuls of 2*d per
-    query-key pair), plus the LM head on `head_tokens` positions (only those whose logits are used).
-    """
-    dense = 2 * dims.n_params_layers * new_tokens
-    pairs = new_tokens * past_tokens + new_tokens * (new_tokens + 1) / 2
-    attention = 4 * dims.n_layer * dims.d_model * pairs
-    head = 2 * dims.d_model * dims.vocab_size * head_tokens
-    return float(dense + attention + head)
+
+def layer_attention_mask(model: nn.Module, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-D mask [B, 1, queries, keys] (bool, True = attend) in the form `model`'s layers take when called
+    directly: bool for sdpa, additive (0 or the dtype's min, added to the scores) for eager attention.
+    Other implementations (flash attention) cannot take an arbitrary 4-D mask: a clear error."""
+    implementation = model.config._attn_implementation
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    raise UserInputError(f"custom attention masks need sdpa or eager attention, not {implementation!r}")

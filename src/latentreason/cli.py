@@ -69,7 +69,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     config, overrides = _split_config(args.config, args.overrides)
     cfg = load_config(config, overrides)
     check_run_inputs(cfg, command="pretrain-coprocessor")
-    from latentreason.methods.coprocessor_pretrain import pretrain_coprocessor  # heavy: after the checks
+    from latentreason.pretraining import pretrain_coprocessor  # heavy: after the checks
 
     summary = pretrain_coprocessor(cfg, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
@@ -79,14 +79,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from latentreason.config import parse_overrides
 
     check_finished_run(args.run_dir)
-    from latentreason.training import evaluate_run  # heavy: after the checks
+    from latentreason.finished_run import evaluate_run  # heavy: after the checks
 
     summary = evaluate_run(args.run_dir, parse_overrides(args.overrides), progress=not args.quiet, eval_name=args.name)
     print(json.dumps(summary, indent=2))
 
 
 def check_finished_run(run_dir: str) -> None:
-    """The cheap half of training.load_finished_run's checks, before torch is imported."""
+    """The cheap half of finished_run.load_finished_run's checks, before torch is imported."""
     if not (Path(run_dir) / "config.yaml").is_file():
         raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
     if not any((Path(run_dir) / name).is_file() for name in ("model.safetensors", "model.pt")):  # model.pt: older runs
@@ -94,9 +94,10 @@ def check_finished_run(run_dir: str) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
     from latentreason.data import generator_params
     from latentreason.tasks import get_task
-    from tqdm.auto import tqdm
 
     task = get_task(args.task)
     if args.action == "check":
@@ -185,7 +186,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from latentreason.experiments import read_sweep, run_sweep
+    from latentreason.sweep import read_sweep, run_sweep
 
     read_sweep(args.config, args.overrides)  # a bad sweep file fails before run_sweep imports torch
     failures: list[str] = []
@@ -199,17 +200,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
-    from latentreason.experiments import analyze_run
-
     from latentreason.runlock import RunLock
 
     check_finished_run(args.run_dir)
+    from latentreason.analysis.runs import analyze_run  # heavy (the analysis package imports torch): after the checks
+
     with RunLock(args.run_dir, "analyze"):
         analyze_run(args.run_dir, args.overrides, progress=not args.quiet)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from latentreason.experiments import write_report
+    from latentreason.report import write_report
 
     print(write_report(args.sweep_dir))
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("pretrain-coprocessor", help="Liu-style coprocessor pretraining on plain text (M points x N_A ahead tokens)")
-    p.add_argument("config", nargs="?", help="YAML config (see configs/issue4_pretrain.yaml)")
+    p.add_argument("config", nargs="?", help="YAML config (see configs/coprocessor_sweep_pretrain.yaml)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -321,18 +322,22 @@ def run_config_help(width: int = 110) -> str:
         f"tasks (task.name): {', '.join(typing.get_args(TaskName))}",
         f"backbones (model.backbone): {', '.join(registry_backbones())}, a local Hugging Face model directory, or a hub id (e.g. gpt2)",
         "",
-        "config keys (set in the YAML or as dotted.key=value; default in brackets):",
+        "config keys (set in the YAML or as dotted.key=value; default in brackets, then a choice key's choices):",
     ]
 
     def walk(cls: type, prefix: str) -> None:
         docs = _attribute_docs(cls)
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             if dataclasses.is_dataclass(default):
                 walk(type(default), f"{prefix}{f.name}.")
                 continue
             entry = f"  {prefix}{f.name} [{default!r}]"
-            doc = docs.get(f.name, "").split(". ")[0].rstrip(".")  # first sentence: the rest is in config.py
+            if typing.get_origin(hints[f.name]) is typing.Literal:  # a choice key, checked when the config loads
+                entry += " {" + ", ".join(str(choice) for choice in typing.get_args(hints[f.name])) + "}"
+            # First sentence of the field's docstring; the rest is in config.py or methods/options.py.
+            doc = docs.get(f.name, "").split(". ")[0].rstrip(".")
             lines.append(textwrap.fill(f"{entry}: {doc}" if doc else entry, width=width, subsequent_indent="      "))
 
     walk(RunConfig, "")

@@ -15,40 +15,20 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
+from latentreason.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
 from latentreason.errors import UserInputError
+from latentreason.methods.options import CoconutConfig, CoprocessorConfig, LoopedConfig, MethodConfig, MethodName, check_method_options
 
+# The field types (config_types.py) and the `method` section with each method's own options (methods/options.py,
+# beside the methods) live in torch-free modules of their own; re-exported so `from latentreason.config import
+# MethodConfig, CoconutConfig, PositiveInt, ...` keeps working.
+__all__ = [
+    "CoconutConfig", "CoprocessorConfig", "EvalConfig", "LoopedConfig", "MethodConfig", "MethodName", "ModelConfig",
+    "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Probability", "Range", "RunConfig",
+    "TaskConfig", "TaskName", "TrainConfig", "deep_merge", "from_dict", "load_config", "parse_overrides", "read_yaml",
+    "save_config", "to_dict", "validate",
+]
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed interval of a numeric config field, checked by the loader (attach with `Annotated`)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
-
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return " and ".join(parts)
-
-
-PositiveInt = Annotated[int, Range(low=1)]
-NonNegativeInt = Annotated[int, Range(low=0)]
-PositiveFloat = Annotated[float, Range(low=0, low_open=True)]
-NonNegativeFloat = Annotated[float, Range(low=0)]
-Probability = Annotated[float, Range(low=0, high=1)]
-
-MethodName = Literal["no_cot", "cot", "soft_tokens", "coconut", "coprocessor", "looped"]
-"""Must equal the keys of methods.METHODS (a test keeps them in step; this module must not import torch)."""
 TaskName = Literal["prosqa", "countdown", "gsm8k"]
 """Must equal the keys of tasks.TASKS (a test keeps them in step)."""
 
@@ -78,7 +58,7 @@ class TaskConfig:
     """Which task and data to use."""
 
     name: TaskName = "prosqa"
-    """Task registry name: prosqa, countdown, gsm8k."""
+    """Which task: a key of tasks.TASKS."""
     train_path: str | None = None
     """File of training examples; when unset the task generator is used."""
     eval_path: str | None = None
@@ -103,91 +83,6 @@ class TaskConfig:
     the stream's definition: another value gives other examples."""
     stream_prefetch: bool = True
     """Streaming: generate the next chunk in a worker process while training reads the current one."""
-
-
-@dataclass
-class CoconutConfig:
-    """Coconut curriculum (Hao et al. 2024)."""
-
-    thoughts_per_step: PositiveInt = 1
-    """c: latent thoughts replacing each reasoning step."""
-    epochs_per_stage: PositiveInt = 1
-    """Epochs spent at each curriculum stage."""
-    max_latent_stage: NonNegativeInt = 3
-    """Last stage s; stage s replaces the first s steps by s*c latents (all steps when fewer remain).
-    Overridden by `method.n_latents` > 0: max_latent_stage = n_latents / c (N_L = final-stage latents)."""
-    mix_prob: Probability = 0.0
-    """Probability of sampling a lower stage for an example (curriculum mixing)."""
-    reset_optimizer: bool = True
-    """Fresh optimizer state at each stage boundary, as in the reference implementation."""
-    fixed_latents: bool = False
-    """When true, ignore the curriculum and always use exactly `method.n_latents` latents and no steps."""
-    pad_latent_to_max: bool = False
-    """Reference-repo option: stage s always gets s*c latents, even when the example has fewer than s steps
-    (default: min(s, #steps)*c). Gives every example exactly N_L latents at evaluation."""
-
-
-@dataclass
-class CoprocessorConfig:
-    """Base + Coprocessor dual architecture (Liu et al. 2024; Coda-Forno et al. 2025)."""
-
-    variant: Literal["liu", "h1", "h2"] = "liu"
-    """liu (frozen Base, latents as input embeddings), h1 (frozen Base, per-layer KV concat), h2 (joint)."""
-    init: Literal["base", "fresh"] = "base"
-    """Coprocessor weights: copy of the Base (`base`) or freshly initialised (`fresh`)."""
-    injection: Literal["embeddings", "kv"] = "embeddings"
-    """h2 only: how latents reach the Base, `embeddings` or `kv`."""
-    lora_rank: NonNegativeInt = 0
-    """h2 only: when > 0, train the Base through LoRA adapters of this rank instead of fully."""
-    pretrain_points: PositiveInt = 4
-    """Pretraining: augmentation points M per sequence."""
-    pretrain_ahead: PositiveInt = 8
-    """Pretraining: ahead tokens N_A predicted after each point."""
-    pretrain_seq_len: PositiveInt = 64
-    """Pretraining: tokens per packed text sequence (points are drawn inside it)."""
-    pretrain_corpus: str = "task"
-    """Pretraining text: `task` (the task's train split written out as question, steps, answer) or a .txt path."""
-
-
-@dataclass
-class LoopedConfig:
-    """Ouro-style looped LM."""
-
-    loops: PositiveInt = 4
-    """T: times the shared layer stack is applied."""
-    entropy_beta: NonNegativeFloat = 0.05
-    """beta of the entropy regulariser on the exit distribution."""
-    stage: Literal[1, 2] = 1
-    """1: train model + gate with the expected loss; 2: freeze model, train the gate on loss improvement."""
-    gate_threshold: float = 0.005
-    """Stage II: improvement below which continuing is not worth it (target exit)."""
-    gate_slope: PositiveFloat = 50.0
-    """Stage II: slope of the sigmoid turning the improvement into a soft target."""
-    exit_q: Annotated[float, Range(low=0, high=1, low_open=True)] = 1.0
-    """Q-exit threshold at inference: exit at the first loop whose exit CDF reaches q (1.0 = all loops)."""
-    kv_policy: Literal["recompute", "reuse", "per_loop"] = "reuse"
-    """KV for positions that exited early: recompute, reuse (last computed loop), or per_loop."""
-    use_steps: bool = True
-    """Train on question -> steps + answer (like CoT); false trains on question -> answer only."""
-    loop_norm: bool = True
-    """Feed the final-normed state into the next loop, as Ouro does; false feeds the raw residual stream.
-    Use false when the stack starts from a one-pass (T = 1) checkpoint: on ProsQA, T = 2 from No-CoT
-    weights scored 0.26 with false against 0.07 with true (results/looped_loop_norm)."""
-
-
-@dataclass
-class MethodConfig:
-    """Which latent-reasoning method, and its latent budget."""
-
-    name: MethodName = "cot"
-    """Registry name: no_cot, cot, soft_tokens, coconut, coprocessor, looped."""
-    n_latents: NonNegativeInt = 0
-    """N_L: latent slots per answer (the matched latent budget)."""
-    placement: Literal["after_question", "prefix"] = "after_question"
-    """soft_tokens: where the soft embeddings go, `after_question` or `prefix`."""
-    coconut: CoconutConfig = field(default_factory=CoconutConfig)
-    coprocessor: CoprocessorConfig = field(default_factory=CoprocessorConfig)
-    looped: LoopedConfig = field(default_factory=LoopedConfig)
 
 
 @dataclass
@@ -248,9 +143,9 @@ class TrainConfig:
     """Multi-GPU: shard parameters, gradients and optimizer state with FSDP2 (accelerate, fsdp_version=2)
     instead of replicating them with DDP. Ignored (DDP or a single process) on CPU; no resume yet."""
     fsdp_reshard_after_forward: bool | None = None
-    """FSDP2: free each layer's gathered parameters after its forward. None = auto: false for multi-pass
-    methods (coconut, coprocessor, looped call every layer several times per step and would all-gather it
-    each time), true for single-pass ones."""
+    """FSDP2: free each layer's gathered parameters after its forward. None = auto: false for methods whose
+    `multi_pass` fact is true (Coconut, the Coprocessor and looped call every layer several times per step and
+    would all-gather it each time), true for single-pass ones."""
     init_from: str | None = None
     """Run dir whose final weights initialise the model (e.g. Coconut from a CoT checkpoint)."""
 
@@ -352,11 +247,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return config
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(config: RunConfig) -> None:
     """Checks that span several fields (single fields are checked by the loader against their annotations)."""
     from latentreason.backbone_names import PRETRAINED_ALIASES, TINY_BACKBONE_NAMES, backbone_kind  # light: no torch
 
-    model = cfg.model
+    model = config.model
     if model.backbone in TINY_BACKBONE_NAMES:
         if model.n_embd % model.n_head:
             raise UserInputError(f"config key 'model.n_embd': {model.n_embd} is not divisible by model.n_head={model.n_head}")
@@ -369,14 +264,26 @@ def validate(cfg: RunConfig) -> None:
         # A local HF directory (must hold config.json) or a hub id such as `gpt2` or `org/name`; whether a hub
         # id can be loaded (cache / network) is checked by the CLI and build_backbone, not here.
         backbone_kind(model.backbone)
-    method = cfg.method
-    if method.name == "coprocessor":
-        if method.n_latents < 1:
-            raise UserInputError(f"config key 'method.n_latents': the coprocessor needs at least 1 latent, got {method.n_latents}")
-        if method.coprocessor.lora_rank > 0 and method.coprocessor.variant != "h2":
-            raise UserInputError(f"config key 'method.coprocessor.lora_rank': LoRA applies to the trained Base of variant h2 only, got variant {method.coprocessor.variant!r}")
-    if method.name == "coconut" and method.n_latents > 0 and not method.coconut.fixed_latents and method.n_latents % method.coconut.thoughts_per_step:
-        raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of method.coconut.thoughts_per_step={method.coconut.thoughts_per_step}")
+    check_generator_params(config.task)
+    check_method_options(config.method)  # methods/options.py: the checks across method.* fields
+
+
+def check_generator_params(task: TaskConfig) -> None:
+    """`task.params` must name parameters of the task's generator (its keyword-only arguments), so a typo
+    fails when the config loads, not when a sweep reaches the cell. Skipped when both splits come from files
+    (the generator is never called then)."""
+    import inspect
+
+    from latentreason.tasks import get_task  # light: no torch
+
+    if not task.params or (task.train_path and task.eval_path):
+        return
+    parameters = inspect.signature(get_task(task.name).iter_generate).parameters.values()
+    accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in task.params:
+        if key not in accepted:
+            expected = f"one of {accepted}" if accepted else "none (its generator takes no parameters)"
+            raise UserInputError(f"config key 'task.params.{key}': unknown {task.name} generator parameter {key!r}; expected {expected}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -28,21 +28,6 @@ METHOD_WEIGHTS = "latent_method.safetensors"
 MANIFEST = "latentreason_export.json"
 FORMAT_VERSION = 1
 
-METHOD_DESCRIPTIONS = {
-    "no_cot": "No-CoT baseline: the backbone is trained to map a question straight to its answer.",
-    "cot": "CoT baseline: the backbone is trained on question -> reasoning steps -> answer.",
-    "soft_tokens": "Soft tokens: N_L trainable input embeddings placed after the question (in `latent_method.safetensors` "
-                   "as `latents`), trained jointly with the backbone; one forward pass.",
-    "coconut": "Coconut (Hao et al. 2024): the last hidden state is fed back as the next input embedding for N_L "
-               "continuous thoughts before the answer; the backbone holds every weight.",
-    "coprocessor": "Base + Coprocessor (Liu et al. 2024): the Coprocessor (`coprocessor/`) reads the Base's question cache "
-                   "and N_L soft tokens (`soft_tokens` in `latent_method.safetensors`) and writes N_L latents the Base "
-                   "(this directory's model) reads before answering.",
-    "looped": "Looped LM (Ouro-style): the backbone's layer stack is applied T times with shared weights; an exit gate "
-              "(`gate.*` in `latent_method.safetensors`) decides per token when to stop.",
-}
-
-
 def hf_models(method) -> dict[str, Any]:
     """The Hugging Face models a method owns, by attribute name (`model` is the backbone / Base)."""
     from transformers import PreTrainedModel
@@ -54,7 +39,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
     """Write finished run `run_dir` to `out_dir` as a Hugging Face directory (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from latentreason.training import load_finished_run
+    from latentreason.finished_run import load_finished_run
 
     run_dir, out = Path(run_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
@@ -100,10 +85,10 @@ def load_exported(path: str | Path, device: str | None = None):
     if not (path / MANIFEST).exists():
         raise UserInputError(f"not a latentreason export (no {MANIFEST})", path=str(path))
     manifest = json.loads((path / MANIFEST).read_text())
-    cfg: RunConfig = from_dict(RunConfig, read_yaml(path / "config.yaml"))
+    config: RunConfig = from_dict(RunConfig, read_yaml(path / "config.yaml"))
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    method = method_class(manifest["method"])(Backbone(model, tokenizer, from_scratch=cfg.model.backbone in TINY_BACKBONES), cfg.method)
+    method = method_class(manifest["method"])(Backbone(model, tokenizer, from_scratch=config.model.backbone in TINY_BACKBONES), config.method)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     for name in manifest["models"]:
         part = AutoModelForCausalLM.from_pretrained(str(path / name), dtype=torch.float32)
@@ -113,25 +98,37 @@ def load_exported(path: str | Path, device: str | None = None):
     return method.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
-def model_card(cfg: RunConfig, evaluation: dict | None, run_dir: Path, manifest: dict, params: dict[str, int]) -> str:
+def flat_value(config: Any, key: str) -> Any:
+    """The value of flat config key `key` ("method.coprocessor.variant") in nested dataclass `config`."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def model_card(config: RunConfig, evaluation: dict | None, run_dir: Path, manifest: dict, params: dict[str, int]) -> str:
     """README.md: what the method is, how to load it, its eval.json numbers and its full config."""
-    method = cfg.method
-    label = method.name + (f" ({method.coprocessor.variant})" if method.name == "coprocessor" else "")
+    from latentreason.methods import method_class
+
+    method = config.method
+    method_type = method_class(method.name)
+    # The values of the keys that tell this method's configurations apart, e.g. "coprocessor (h2)".
+    identity = ", ".join(str(flat_value(config, key)) for key in method_type.identifying_keys)
+    label = method.name + (f" ({identity})" if identity else "")
     budget = f", N_L = {method.n_latents}" if method.n_latents else ""
     lines = [
         "---",
         "library_name: transformers",
-        f"tags: [latentreason, latent-reasoning, {method.name}, {cfg.task.name}]",
+        f"tags: [latentreason, latent-reasoning, {method.name}, {config.task.name}]",
         "---",
         "",
-        f"# {run_dir.name}: {label} on {cfg.task.name}{budget}",
+        f"# {run_dir.name}: {label} on {config.task.name}{budget}",
         "",
         f"Exported by `latentreason export` from the run directory `{run_dir}`; backbone "
-        f"`{cfg.model.backbone}`" + (f" ({cfg.model.n_layer} layers, width {cfg.model.n_embd}, trained from scratch)" if cfg.model.backbone.endswith("-tiny") else "") + ".",
+        f"`{config.model.backbone}`" + (f" ({config.model.n_layer} layers, width {config.model.n_embd}, trained from scratch)" if config.model.backbone.endswith("-tiny") else "") + ".",
         "",
         "## Method",
         "",
-        METHOD_DESCRIPTIONS.get(method.name, method.name),
+        method_type.description or method.name,
         "",
         f"Parameters: {', '.join(f'{k} {v:,}' for k, v in params.items())}. Files: the backbone is this directory's "
         f"`model.safetensors`" + "".join(f", `{m}/` holds the {m}" for m in manifest["models"])

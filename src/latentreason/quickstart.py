@@ -17,20 +17,26 @@ from pathlib import Path
 import yaml
 
 from latentreason.config import deep_merge
-from latentreason.experiments import markdown_table, run_sweep
+from latentreason.sweep import run_sweep
+from latentreason.tables import markdown_table
 
-QUICKSTART_SWEEP = {
-    "base": {
-        # RoPE (llama-tiny) learned faster than GPT-2's learned positions on ProsQA (docs/LOG.md, 2026-12-01).
-        "model": {"backbone": "llama-tiny", "n_layer": 4, "n_embd": 128, "n_head": 4},
-        # One- and two-hop problems on 8-node graphs: the shortest ProsQA sequences the debiased generator makes.
-        "task": {"name": "prosqa", "train_size": 8000, "eval_size": 200, "params": {"n_nodes": 8, "min_depth": 1, "max_depth": 2}},
-        # 4 virtual epochs of fresh problems = 1,000 steps; a learning-curve point every 250.
-        "train": {"epochs": 4, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "eval_every": 250, "eval_every_size": 200},
-        "eval": {"batch_size": 100, "max_new_tokens": 48},
-    },
-    "grid": {"method.name": ["no_cot", "cot"]},
+QUICKSTART_BASE = {
+    # RoPE (llama-tiny) learned faster than GPT-2's learned positions on ProsQA (docs/LOG.md, 2026-12-01).
+    "model": {"backbone": "llama-tiny", "n_layer": 4, "n_embd": 128, "n_head": 4},
+    # One- and two-hop problems on 8-node graphs: the shortest ProsQA sequences the debiased generator makes.
+    "task": {"name": "prosqa", "train_size": 8000, "eval_size": 200, "params": {"n_nodes": 8, "min_depth": 1, "max_depth": 2}},
+    # 4 virtual epochs of fresh problems = 1,000 steps; a learning-curve point every 250.
+    "train": {"epochs": 4, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "eval_every": 250, "eval_every_size": 200},
+    "eval": {"batch_size": 100, "max_new_tokens": 48},
 }
+"""The run config every quickstart cell shares (the sweep's `base`); its grid is `reference_methods()`."""
+
+
+def reference_methods() -> list[str]:
+    """The methods the quickstart trains: the registry's no-latent reference baselines (No-CoT and CoT)."""
+    from latentreason.methods.registry import METHODS  # imports torch: only when the quickstart runs
+
+    return [name for name, method in METHODS.items() if method.reference_baseline]
 
 
 def choose_threads() -> int:
@@ -65,7 +71,7 @@ def quickstart(out_dir: str | Path = "runs/quickstart", progress: bool = True, b
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sweep = {"out_dir": str(out), **QUICKSTART_SWEEP, "base": deep_merge(QUICKSTART_SWEEP["base"], base_overrides or {})}
+    sweep = {"out_dir": str(out), "base": deep_merge(QUICKSTART_BASE, base_overrides or {}), "grid": {"method.name": reference_methods()}}
     config_path = out / "sweep.yaml"
     config_path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     rows = run_sweep(config_path, progress=progress, cell_progress=progress)

@@ -3,7 +3,7 @@
 - `train.init_from` must come from a run with the same model size, tokenizer and (for from-scratch
   backbones, whose tokenizer is trained on the task text) the same task;
 - weights whose shapes do not fit the model are a one-line error, not a state_dict traceback;
-- a frozen Base (coprocessor liu/h1) that is a random from-scratch model gets one warning line.
+- a frozen Base (e.g. the Coprocessor's liu/h1 variants) that is a random from-scratch model gets one warning line.
 """
 
 from __future__ import annotations
@@ -12,25 +12,24 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from latentreason.backbone_names import TINY_BACKBONE_NAMES
 from latentreason.config import RunConfig, read_yaml
 from latentreason.errors import UserInputError
-
-TINY_BACKBONE_NAMES = ("gpt2-tiny", "qwen3-tiny", "llama-tiny")
-"""backbones.TINY_BACKBONES' keys (repeated so this module stays free of torch/transformers imports)."""
+from latentreason.methods import method_class  # light: the method classes load on the first call
 
 SHAPE_KEYS = ("backbone", "n_layer", "n_embd", "n_head", "max_positions", "tokenizer_vocab_size")
 """Model settings a from-scratch starting run must share: they fix every weight shape and the tokenizer."""
 
 
-def check_init_from(cfg: RunConfig) -> None:
+def check_init_from(config: RunConfig) -> None:
     """One-line errors when `train.init_from` names a run this one cannot start from.
 
-    Compares the starting run's config.yaml with `cfg`; weight shapes are checked again when loading
+    Compares the starting run's config.yaml with `config`; weight shapes are checked again when loading
     (`check_weight_shapes`), which also covers backbones whose settings are not in the config.
     """
-    if not cfg.train.init_from:
+    if not config.train.init_from:
         return
-    start = Path(cfg.train.init_from)
+    start = Path(config.train.init_from)
     if not start.is_dir():
         raise UserInputError("train.init_from: no such run directory", path=str(start))
     if not (start / "config.yaml").exists():
@@ -38,7 +37,7 @@ def check_init_from(cfg: RunConfig) -> None:
     theirs = read_yaml(start / "config.yaml")
     their_model: dict[str, Any] = theirs.get("model") or {}
     their_task: dict[str, Any] = theirs.get("task") or {}
-    here = cfg.model
+    here = config.model
     where = str(start / "config.yaml")
     if here.backbone in TINY_BACKBONE_NAMES or their_model.get("backbone") in TINY_BACKBONE_NAMES:
         for key in SHAPE_KEYS:
@@ -47,10 +46,10 @@ def check_init_from(cfg: RunConfig) -> None:
                     f"train.init_from was trained with model.{key}={their_model[key]}, this run has model.{key}={getattr(here, key)}; "
                     "start from a run with the same model settings", path=where)
         their_name = their_task.get("name")
-        if their_name is not None and their_name != cfg.task.name:
+        if their_name is not None and their_name != config.task.name:
             raise UserInputError(
-                f"train.init_from was trained on task {their_name}, this run is task {cfg.task.name}: its tokenizer was trained on "
-                f"{their_name} text; start from a {cfg.task.name} run", path=where)
+                f"train.init_from was trained on task {their_name}, this run is task {config.task.name}: its tokenizer was trained on "
+                f"{their_name} text; start from a {config.task.name} run", path=where)
 
 
 def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path: str | Path) -> None:
@@ -63,15 +62,13 @@ def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path:
             f"({len(wrong)} tensor(s) differ); was that run trained with other model settings or another tokenizer?", path=str(path))
 
 
-def warn_random_frozen_base(cfg: RunConfig) -> str | None:
-    """Print (and return) one warning line when a coprocessor freezes a Base that nothing has trained."""
-    coprocessor = cfg.method.coprocessor
-    if cfg.method.name != "coprocessor" or coprocessor.variant not in ("liu", "h1") or cfg.train.init_from:
-        return None
-    if cfg.model.backbone not in TINY_BACKBONE_NAMES:
-        return None  # a pretrained backbone is a real Base
-    message = (f"warning: method.coprocessor.variant={coprocessor.variant} freezes the Base, and this Base is a random "
-               f"{cfg.model.backbone} (no train.init_from): the Coprocessor learns to help a model that never learned the task; "
-               "set train.init_from to a finished no_cot run")
-    print(message, file=sys.stderr)
+def warn_random_frozen_base(config: RunConfig) -> str | None:
+    """Print (and return) the method's one warning line when it freezes a Base that nothing has trained: a
+    from-scratch backbone and no train.init_from. Which configurations freeze the Base, and how to say so,
+    is the method's to tell (`LatentMethod.random_base_warning`)."""
+    if config.train.init_from or config.model.backbone not in TINY_BACKBONE_NAMES:
+        return None  # a trained run or a pretrained backbone is a real Base
+    message = method_class(config.method.name).random_base_warning(config.method, config.model.backbone)
+    if message is not None:
+        print(message, file=sys.stderr)
     return message

@@ -43,7 +43,8 @@ def run_cell_job(config: dict[str, Any], analyze: bool) -> str:
     Returns "done", "failed" (error.txt says why) or "busy" (a claim-file worker holds it). Bad input and
     crashes are caught here, as in run_sweep, so one broken cell cannot fail the job engine's bookkeeping.
     """
-    from latentreason.experiments import _claim, _release, analyze_run
+    from latentreason.analysis.runs import analyze_run
+    from latentreason.sweep import _claim, _release
     from latentreason.training import train
 
     cfg: RunConfig = from_dict(RunConfig, config)
@@ -119,18 +120,18 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
                  failures: list[str] | None = None, executor=None) -> list[dict]:
     """Run every unfinished cell of sweep `path` as a submitit job, waves in dependency order, then write
     the sweep's tables (as run_sweep does). Failed cells' names are appended to `failures`."""
-    from latentreason.experiments import cell_config, cell_name, collect, expand, read_sweep, write_tables
+    from latentreason.results import collect, write_tables
+    from latentreason.sweep import cell_name, expand, read_sweep, resolve_cells
 
     sweep = read_sweep(path, overrides)
     out = Path(sweep.out_dir)
     cells = expand(sweep)
-    configs: dict[str, RunConfig] = {}
-    depends_on: dict[str, list[str]] = {}
-    for cell in cells:
-        cfg, dependencies = cell_config(sweep, cell, cells)
-        configs[cell_name(cell)] = cfg
-        depends_on[cell_name(cell)] = [cell_name(d) for d in dependencies]
-    waves = dependency_waves(list(configs), depends_on)
+    resolved, invalid = resolve_cells(path, sweep, cells)  # every cell checked before the first job is submitted
+    for message in invalid.values():
+        print(f"error: {message}", file=sys.stderr)
+    configs: dict[str, RunConfig] = {name: cfg for name, (cfg, _) in resolved.items()}
+    depends_on = {name: [cell_name(d) for d in dependencies] for name, (_, dependencies) in resolved.items()}
+    waves = dependency_waves([cell_name(cell) for cell in cells], depends_on)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(Path(path).read_text())
     executor = executor or make_executor(out / "submitit", cluster, options)
@@ -140,6 +141,11 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
     for number, wave in enumerate(waves, 1):
         jobs = {}
         for name in wave:
+            if name in invalid:  # bad config or data: fails alone, as in run_sweep
+                (out / "runs" / name).mkdir(parents=True, exist_ok=True)
+                (out / "runs" / name / "error.txt").write_text(invalid[name] + "\n")
+                status[name] = "failed"
+                continue
             cfg = configs[name]
             run_dir = Path(cfg.out_dir)
             broken = [d for d in depends_on[name] if status.get(d) != "done"]

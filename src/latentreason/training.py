@@ -1,6 +1,10 @@
 """The one explicit training loop (Accelerate): AdamW, warmup + cosine, grad accumulation, curriculum
 epochs, JSONL metrics, atomic checkpoints that resume bit-exactly, then evaluation.
 
+`train` runs five named phases over a shared `Loop`: prepare_run -> build_optimizer -> resume -> run_steps ->
+evaluate_and_finish. It trains a method's own loss, or an `Objective` that holds the method (coprocessor
+pretraining on text: pretraining.py), which then gets everything the loop does.
+
 Run dir layout: config.yaml, tokenizer/, metrics.jsonl, checkpoint.safetensors (latest, for resume),
 model.safetensors (final weights; older runs: model.pt), done.json, eval.json, predictions.jsonl,
 learning_curves.png (curves.py; fresh-data streaming: data.ExampleStream). File formats, atomic writes and corrupt-file errors: checkpoint.py; the run-dir lock: runlock.py; Ctrl-C and
@@ -11,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -28,19 +31,41 @@ from tqdm.auto import tqdm
 
 from latentreason import checkpoint as ckpt
 from latentreason.backbones import TINY_BACKBONES, build_backbone
+from latentreason.batching import bucket_by_length, epoch_order, example_length
 from latentreason.config import RunConfig, TrainConfig, deep_merge, read_yaml, save_config, to_dict
+from latentreason.curves import json_line, learning_curve_step, plot_baselines, plot_learning_curves
 from latentreason.data import ExampleStream, load_splits, stream_enabled, vocabulary_texts
 from latentreason.errors import UserInputError
-from latentreason.curves import json_line, learning_curve_step, plot_baselines, plot_learning_curves
 from latentreason.evaluation import evaluate, task_baselines
-from latentreason.methods import LatentMethod, build_method
-from latentreason.tasks import Task, get_task
 from latentreason.interrupts import StopRequest, TrainingInterrupted, deferred_stop
-from latentreason.runlock import RunLock, config_differences, is_main_rank
-from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer
-from latentreason.validation import check_sequence_lengths
+from latentreason.methods import LatentMethod, build_method, method_class
 from latentreason.run_checks import check_init_from, check_weight_shapes, warn_random_frozen_base
-from latentreason.tracking import PROJECT_NAME as TRACKER_PROJECT, resolve_trackers, tracker_config, tracker_init_kwargs
+from latentreason.runlock import RunLock, config_differences, is_main_rank
+from latentreason.tasks import Task, get_task
+from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer
+from latentreason.tracking import PROJECT_NAME as TRACKER_PROJECT
+from latentreason.tracking import resolve_trackers, tracker_config, tracker_init_kwargs
+from latentreason.validation import check_sequence_lengths
+
+
+class Objective(Protocol):
+    """What the loop can train besides a method's own loss (e.g. coprocessor pretraining on text): an
+    nn.Module holding the method, so it trains the method's parameters, with a LatentMethod's collate /
+    forward (= loss) / set_epoch, and its own measurement in place of the task evaluation."""
+
+    name: str
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]: ...
+
+    def set_epoch(self, epoch: int) -> bool: ...
+
+    def measure(self) -> dict:
+        """Taken on the starting and on the final weights (done.json's `before` and `after`)."""
+        ...
+
+    def facts(self) -> dict:
+        """What done.json says about the data and model besides the measurements."""
+        ...
 
 
 @dataclass
@@ -50,10 +75,18 @@ class Run:
     config: RunConfig
     task: Task
     method: LatentMethod
-    train_set: list[EncodedExample]
+    train_set: Sequence[Any]
+    """Encoded training examples (or, with an objective, the items its collate takes)."""
     eval_set: list[EncodedExample]
     train_stream: ExampleStream | None = None
     """Fresh training examples (task.stream); train_set is then its first virtual epoch."""
+    objective: Objective | None = None
+    """What the loop trains instead of the method's own loss (None: the method)."""
+
+    @property
+    def trained(self) -> Any:
+        """The module the loop trains: the objective, or the method itself."""
+        return self.method if self.objective is None else self.objective
 
 
 def seed_everything(seed: int) -> None:
@@ -101,14 +134,6 @@ def atomic_save(obj: Any, path: Path) -> None:
     ckpt.atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
-def epoch_order(train_set: Sequence[EncodedExample], tc: TrainConfig, epoch: int) -> list[int]:
-    """The order in which an epoch reads the training set: a seeded shuffle, bucketed by length when asked."""
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch)).tolist()
-    if tc.bucket_by_length:
-        order = bucket_by_length(order, [example_length(e) for e in train_set], tc.batch_size)
-    return order
-
-
 def epoch_examples(run: Run, tc: TrainConfig, epoch: int, per_epoch: int) -> tuple[Sequence[EncodedExample], list[int]]:
     """What epoch `epoch` reads, and in which order (indices into it).
 
@@ -124,35 +149,6 @@ def epoch_examples(run: Run, tc: TrainConfig, epoch: int, per_epoch: int) -> tup
         return window, list(range(per_epoch))
     held = list(window)
     return held, bucket_by_length(list(range(per_epoch)), [example_length(e) for e in held], tc.batch_size)
-
-
-def example_length(example: EncodedExample) -> int:
-    """Tokens of question + steps + answer: what sets an example's padded width in every method's layout."""
-    return len(example.question_ids) + sum(len(s) for s in example.step_ids) + len(example.answer_ids)
-
-
-BUCKET_WINDOW = 64
-"""Micro-batches sorted together by bucket_by_length: enough for full buckets, few enough that the order stays
-random at the scale of an epoch."""
-
-
-def bucket_by_length(order: list[int], lengths: Sequence[int], batch: int, window: int = BUCKET_WINDOW) -> list[int]:
-    """Reorder a shuffled `order` so that every aligned slice of `batch` indices holds similar lengths.
-
-    Each window of `window * batch` consecutive indices is sorted by length and cut into batches, and those
-    batches are put back in a shuffled order (a permutation seeded by the window's first index, so the
-    result depends only on `order`). Slices stay aligned to `batch`, so micro-batches of grad_accum and of
-    every process are still contiguous `batch`-sized slices; the epoch's multiset of indices is unchanged.
-    """
-    out: list[int] = []
-    span = window * batch
-    for lo in range(0, len(order), span):
-        chunk = sorted(order[lo: lo + span], key=lambda i: lengths[i])
-        batches = [chunk[j: j + batch] for j in range(0, len(chunk), batch)]
-        full = [b for b in batches if len(b) == batch]  # a short tail batch stays last: the loop drops it
-        shuffle = torch.randperm(len(full), generator=torch.Generator().manual_seed(order[lo])).tolist()
-        out += [i for k in shuffle for i in full[k]] + [i for b in batches if len(b) < batch for i in b]
-    return out
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -173,7 +169,8 @@ def _bad_precision(precision: str) -> str:
     raise UserInputError(f"train.precision={precision!r}; expected auto, fp32 or bf16")
 
 
-def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = None, evaluate_at_end: bool = True) -> dict:
+def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = None, evaluate_at_end: bool = True,
+          build: Callable[[RunConfig, Path], Run] | None = None, command: str = "train") -> dict:
     """Train (resuming from out_dir's checkpoint when present), save final weights, evaluate.
 
     The run dir is locked for the whole command (runlock.py). An unfinished run dir (interrupted or
@@ -182,19 +179,25 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
     (train.nonfinite=stop) and never saves non-finite weights.
 
     `stop_after_steps` returns right after the checkpoint of that step, as if the process were killed
-    there (tests use it to check that resuming equals an uninterrupted run).
+    there (tests use it to check that resuming equals an uninterrupted run). `build` makes the run from the
+    config (default build_run; pretraining.py passes one whose run trains an Objective); `command` is the
+    CLI command that resumes the run, named in messages and recorded in its checkpoints.
     """
     out = Path(cfg.out_dir)
     refuse_finished_run(out)
     main = is_main_rank()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, "train") if main else nullcontext(), deferred_stop() as stop:
+    with RunLock(out, command) if main else nullcontext(), deferred_stop() as stop:
         refuse_finished_run(out)  # again under the lock: another `train` may have finished it meanwhile
         if main:
-            check_resumable(out, cfg)
+            check_resumable(out, cfg, command)
             ckpt.remove_stale_temp_files(out)  # a killed writer's *.tmp<PID>: nobody else writes here now
-        return _train(cfg, progress, stop_after_steps, evaluate_at_end, stop)
+        loop = prepare_run(cfg, build or build_run)  # late lookup: tests replace build_run on the module
+        build_optimizer(loop)
+        resume(loop, command)
+        stopped = run_steps(loop, progress, stop_after_steps, stop, command)
+        return stopped if stopped is not None else evaluate_and_finish(loop, progress, evaluate_at_end)
 
 
 def refuse_finished_run(out: Path) -> None:
@@ -202,13 +205,13 @@ def refuse_finished_run(out: Path) -> None:
         raise UserInputError("this run already finished; choose a new out_dir (nothing was overwritten)", path=str(out))
 
 
-def check_resumable(out: Path, cfg: RunConfig) -> None:
+def check_resumable(out: Path, cfg: RunConfig, command: str = "train") -> None:
     """An unfinished run dir (config.yaml, no done.json) is reused only under the config it started with,
     up to keys that do not change what is computed (runlock.RESUME_IGNORED_KEYS: out_dir, so a moved dir
     resumes; eval.*; logging)."""
     if not (out / "config.yaml").exists():
         return
-    fresh = f"resume it with its own config (latentreason train {out}/config.yaml out_dir={out}), or start fresh with `rm -r {out}` or another out_dir"
+    fresh = f"resume it with its own config (latentreason {command} {out}/config.yaml out_dir={out}), or start fresh with `rm -r {out}` or another out_dir"
     try:
         # Keys added to the config since that run started take their defaults (an old checkpoint still resumes).
         saved = deep_merge(to_dict(RunConfig()), read_yaml(out / "config.yaml"))
@@ -220,33 +223,73 @@ def check_resumable(out: Path, cfg: RunConfig) -> None:
         raise UserInputError(f"an unfinished run with another config is here ({shown}); {fresh}", path=str(out / "config.yaml"))
 
 
-def _train(cfg: RunConfig, progress: bool, stop_after_steps: int | None, evaluate_at_end: bool, stop: StopRequest) -> dict:
-    """The body of `train`, run with the run dir locked and SIGINT/SIGTERM handled by `stop`."""
+# ----------------------------------------------------------------------------- the phases of train()
+
+
+@dataclass
+class Loop:
+    """What the phases of one training command share: made by prepare_run, completed by build_optimizer and
+    resume, advanced by run_steps, read by evaluate_and_finish."""
+
+    config: RunConfig
+    run: Run
+    build: Callable[[RunConfig, Path], Run]
+    """How `run` was built (FSDP2 builds an unsharded copy with it at the end)."""
+    accelerator: Accelerator
+    checkpoint: Path | None
+    """The run dir's checkpoint to resume from (None: a fresh start)."""
+    steps_per_epoch: int
+    total_steps: int
+    examples_per_step: int
+    """batch_size x grad_accum x processes."""
+    model: Any = None
+    """The trained module (run.trained) as Accelerate prepared it: DDP / FSDP2-wrapped with several processes."""
+    optimizer: Any = None
+    scheduler: Any = None
+    trainable: list = field(default_factory=list)
+    state: dict = field(default_factory=lambda: {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "train_seconds": 0.0, "nonfinite_skipped": 0})
+    """Saved in every checkpoint. train_seconds sums every segment of a resumed run (up to each one's last checkpoint)."""
+    seconds_before: float = 0.0
+    """train_seconds of the segments before this one."""
+    began: float = 0.0
+    checkpointed_step: int | None = None
+    """The step of the newest checkpoint on disk (None: none yet)."""
+    metrics_file: Any = None
+    curve_baselines: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out_dir)
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.began
+
+
+def prepare_run(cfg: RunConfig, build: Callable[[RunConfig, Path], Run]) -> Loop:
+    """Phase 1: the Accelerator, the run (data, tokenizer, method), config.yaml + tokenizer/ in the run dir,
+    and the run length in optimizer steps."""
     out = Path(cfg.out_dir)
     warn_random_frozen_base(cfg)
-    checkpoint_path = ckpt.checkpoint_path(out)  # None: a fresh start
+    checkpoint = ckpt.checkpoint_path(out)  # None: a fresh start
     tc = cfg.train
     trackers = resolve_trackers(tc.trackers, tc.tensorboard)  # before any work: a missing package is a user error
     accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=not torch.cuda.is_available(),
                               log_with=trackers or None, project_dir=str(out), **distributed_kwargs(cfg))
-    sharded = accelerator.is_fsdp2
-    if sharded and checkpoint_path is not None:
-        raise UserInputError("resuming an FSDP2 run is not supported yet (its checkpoint has no optimizer state); restart it or resume with train.fsdp=false", path=str(checkpoint_path))
-    run = build_run(cfg, out)
-    method = run.method
+    if accelerator.is_fsdp2 and checkpoint is not None:
+        raise UserInputError("resuming an FSDP2 run is not supported yet (its checkpoint has no optimizer state); restart it or resume with train.fsdp=false", path=str(checkpoint))
+    run = build(cfg, out)
     # Every rank builds its run before the main one writes tokenizer/ (a late rank would read it half-written).
     accelerator.wait_for_everyone()
-    if sharded:  # one FSDP2 unit per decoder layer, found by the backbone's own block class names
-        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = list(method.model._no_split_modules or [])
+    if accelerator.is_fsdp2:  # one FSDP2 unit per decoder layer, found by the backbone's own block class names
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = list(run.method.model._no_split_modules or [])
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        method.tokenizer.save_pretrained(str(out / "tokenizer"))
+        run.method.tokenizer.save_pretrained(str(out / "tokenizer"))
     if tc.compile and torch.cuda.is_available():
-        compile_layers(method)
+        compile_layers(run.method)
 
-    world = accelerator.num_processes
-    per_step = tc.batch_size * tc.grad_accum * world
+    per_step = tc.batch_size * tc.grad_accum * accelerator.num_processes
     n_train = len(run.train_set)
     if n_train < per_step:
         raise UserInputError(f"{n_train} training examples is fewer than one optimizer step needs ({per_step} = batch_size x grad_accum x processes)")
@@ -254,146 +297,196 @@ def _train(cfg: RunConfig, progress: bool, stop_after_steps: int | None, evaluat
     total_steps = steps_per_epoch * tc.epochs
     if tc.max_steps > 0:
         total_steps = min(total_steps, tc.max_steps)
+    return Loop(cfg, run, build, accelerator, checkpoint, steps_per_epoch, total_steps, per_step)
 
-    trainable = [p for p in method.parameters() if p.requires_grad]
-    fused = torch.cuda.is_available()
-    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95), fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps))
-    model, optimizer = accelerator.prepare(method, optimizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces parameters by sharded DTensors
 
-    # train_seconds sums every segment of a resumed run (up to each one's last checkpoint).
-    state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "train_seconds": 0.0, "nonfinite_skipped": 0}
-    if checkpoint_path is not None:
-        weights, checkpoint = ckpt.load_checkpoint(checkpoint_path)
-        accelerator.unwrap_model(model).load_state_dict(weights)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+def build_optimizer(loop: Loop) -> None:
+    """Phase 2: AdamW over the trainable parameters with its warmup + cosine schedule; Accelerate wraps the
+    trained module and the optimizer (device, DDP / FSDP2, mixed precision)."""
+    tc = loop.config.train
+    trainable = [p for p in loop.run.trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95), fused=torch.cuda.is_available())
+    loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, loop.total_steps))
+    loop.model, loop.optimizer = loop.accelerator.prepare(loop.run.trained, optimizer)
+    loop.trainable = [p for p in loop.model.parameters() if p.requires_grad]  # FSDP2 replaces parameters by sharded DTensors
+
+
+def resume(loop: Loop, command: str) -> None:
+    """Phase 3: from the run dir's checkpoint, when there is one: weights, optimizer moments, schedule,
+    counters and RNG states (metrics.jsonl rows after its step are trained and logged again, so they go).
+    A fresh start of an Objective takes its measurement of the starting weights instead."""
+    accelerator, state, out = loop.accelerator, loop.state, loop.out
+    state["command"] = command
+    if loop.checkpoint is not None:
+        weights, checkpoint = ckpt.load_checkpoint(loop.checkpoint)
+        started_by = checkpoint["state"].get("command", "train")
+        if started_by != command:  # its weights belong to another trained module (e.g. a pretraining objective)
+            raise UserInputError(f"this unfinished run was started by `latentreason {started_by}`; resume it with "
+                                 f"latentreason {started_by} {out}/config.yaml out_dir={out}", path=str(loop.checkpoint))
+        accelerator.unwrap_model(loop.model).load_state_dict(weights)
+        loop.optimizer.load_state_dict(checkpoint["optimizer"])
+        loop.scheduler.load_state_dict(checkpoint["scheduler"])
         state |= checkpoint["state"]
         random.setstate(checkpoint["rng"]["python"])
         np.random.set_state(checkpoint["rng"]["numpy"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-    if accelerator.is_main_process:  # rows after the checkpoint's step are trained and logged again: no duplicates
+        loop.checkpointed_step = state["global_step"]
+    elif loop.run.objective is not None and accelerator.is_main_process and not accelerator.is_fsdp2:
+        state["before"] = loop.run.objective.measure()  # kept in the checkpoints: a resumed run reports the same
+    if accelerator.is_main_process:
         ckpt.truncate_metrics(out / "metrics.jsonl", state["global_step"])
-    seconds_before = state["train_seconds"]
-    checkpointed_step = state["global_step"] if checkpoint_path is not None else None
+    loop.seconds_before = state["train_seconds"]
 
-    def save_checkpoint() -> None:
-        nonlocal checkpointed_step
-        accelerator.wait_for_everyone()
-        weights = accelerator.get_state_dict(model)  # under FSDP2 a collective that gathers full weights: all ranks call it
-        if accelerator.is_main_process:
-            state["train_seconds"] = seconds_before + time.perf_counter() - began
-            ckpt.save_checkpoint(out / ckpt.CHECKPOINT_FILE, weights, {
-                "optimizer": None if sharded else optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": dict(state),
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-            })
-        checkpointed_step = state["global_step"]
 
-    metrics_file = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
-    accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(to_dict(cfg)), init_kwargs=tracker_init_kwargs(out))
-    bar = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {method.name}", disable=not (progress and accelerator.is_main_process))
-    curve_baselines = plot_baselines(task_baselines(run.task, run.eval_set[: tc.eval_every_size or None])) if tc.eval_every and accelerator.is_main_process else {}
-    began = time.perf_counter()
-    model.train()
+def run_steps(loop: Loop, progress: bool, stop_after_steps: int | None, stop: StopRequest, command: str) -> dict | None:
+    """Phase 4, the step loop: epochs of optimizer steps with logging, learning curves, early stop,
+    checkpoints and stop requests. Returns {"stopped_at_step": n} when `stop_after_steps` ends it."""
+    accelerator, run, state, tc, out = loop.accelerator, loop.run, loop.state, loop.config.train, loop.out
+    per_step = loop.examples_per_step
+    loop.metrics_file = open(out / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(to_dict(loop.config)), init_kwargs=tracker_init_kwargs(out))
+    bar = tqdm(total=loop.total_steps, initial=state["global_step"], desc=f"train {run.trained.name}", disable=not (progress and accelerator.is_main_process))
+    if tc.eval_every and accelerator.is_main_process:
+        loop.curve_baselines = plot_baselines(task_baselines(run.task, run.eval_set[: tc.eval_every_size or None]))
+    loop.began = time.perf_counter()
+    loop.model.train()
     stop.deferring = True  # from here a Ctrl-C / SIGTERM waits for the end of the current step
     try:
         for epoch in range(state["epoch"], tc.epochs):
-            if state["global_step"] >= total_steps or state.get("early_stopped"):
+            if state["global_step"] >= loop.total_steps or state.get("early_stopped"):
                 break
-            stage_changed = method.set_epoch(epoch)
-            if stage_changed and epoch > 0 and state["step_in_epoch"] == 0 and cfg.method.coconut.reset_optimizer:
-                optimizer.optimizer.state.clear()  # fresh Adam moments per curriculum stage, as in Coconut
-            examples, order = epoch_examples(run, tc, epoch, steps_per_epoch * per_step)
-            for step_in_epoch in range(state["step_in_epoch"], steps_per_epoch):
-                if state["global_step"] >= total_steps or state.get("early_stopped"):
+            reset_optimizer = run.trained.set_epoch(epoch)
+            if reset_optimizer and state["step_in_epoch"] == 0:
+                loop.optimizer.optimizer.state.clear()  # fresh Adam moments per curriculum stage, as in Coconut
+            examples, order = epoch_examples(run, tc, epoch, loop.steps_per_epoch * per_step)
+            for step_in_epoch in range(state["step_in_epoch"], loop.steps_per_epoch):
+                if state["global_step"] >= loop.total_steps or state.get("early_stopped"):
                     break
-                step_ids = order[step_in_epoch * per_step: (step_in_epoch + 1) * per_step]
-                total_loss = 0.0
-                for micro in range(tc.grad_accum):
-                    start = (micro * world + accelerator.process_index) * tc.batch_size
-                    batch = method.collate([examples[i] for i in step_ids[start: start + tc.batch_size]])
-                    batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                    sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(model)
-                    with sync, accelerator.autocast():
-                        loss = model(batch) / tc.grad_accum
-                        accelerator.backward(loss)
-                    total_loss += loss.item()
-                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
-                if finite_everywhere(accelerator, total_loss, grad_norm):
-                    optimizer.step()
-                elif tc.nonfinite == "skip":
-                    state["nonfinite_skipped"] += 1  # this batch changes no weight; the schedule moves on
-                else:
-                    if metrics_file:
-                        metrics_file.write(json_line({"step": state["global_step"] + 1, "epoch": epoch, "loss": total_loss,
-                                                      "grad_norm": float(grad_norm), "nonfinite": True}))
-                    kept = f"the last good checkpoint (step {checkpointed_step}) is kept" if checkpointed_step is not None else "no checkpoint was written yet"
-                    raise ckpt.TrainingDiverged(
-                        f"{out}: non-finite loss ({total_loss}) or gradient norm ({float(grad_norm)}) at step {state['global_step'] + 1}; "
-                        f"stopped without applying it, {kept}; lower train.lr (now {tc.lr}), or resume past such batches with train.nonfinite=skip")
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss, grad_norm = optimizer_step(loop, examples, order[step_in_epoch * per_step: (step_in_epoch + 1) * per_step], epoch)
                 state["global_step"] += 1
                 state["epoch"], state["step_in_epoch"] = epoch, step_in_epoch + 1
-                if state["step_in_epoch"] == steps_per_epoch:
+                if state["step_in_epoch"] == loop.steps_per_epoch:
                     state["epoch"], state["step_in_epoch"] = epoch + 1, 0
                 bar.update(1)
-                bar.set_postfix(loss=f"{total_loss:.4f}")
-                if metrics_file and (state["global_step"] % tc.log_every == 0 or state["global_step"] == total_steps):
-                    record = {"step": state["global_step"], "epoch": epoch, "loss": total_loss, "lr": scheduler.get_last_lr()[0],
-                              "grad_norm": float(grad_norm), "elapsed_s": seconds_before + time.perf_counter() - began}
-                    metrics_file.write(json_line(record))  # strict JSON: a NaN loss is written as null
-                    metrics_file.flush()
-                    accelerator.log({f"train/{key}": record[key] for key in ("loss", "lr", "grad_norm")}, step=record["step"])
-                if tc.eval_every and (state["global_step"] % tc.eval_every == 0 or state["global_step"] == total_steps):
-                    if learning_curve_step(accelerator, model, run, state, epoch, metrics_file, curve_baselines):
+                bar.set_postfix(loss=f"{loss:.4f}")
+                log_step(loop, epoch, loss, grad_norm)
+                if tc.eval_every and (state["global_step"] % tc.eval_every == 0 or state["global_step"] == loop.total_steps):
+                    if learning_curve_step(accelerator, loop.model, run, state, epoch, loop.metrics_file, loop.curve_baselines):
                         state["early_stopped"] = True  # checkpointed: a resumed run stops too
                 at_epoch_end = state["step_in_epoch"] == 0
                 if (tc.checkpoint_every and state["global_step"] % tc.checkpoint_every == 0) or at_epoch_end:
-                    save_checkpoint()
+                    save_checkpoint(loop)
                 if stop_after_steps is not None and state["global_step"] >= stop_after_steps:
-                    save_checkpoint()
+                    save_checkpoint(loop)
                     return {"stopped_at_step": state["global_step"]}
                 if any_process(accelerator, stop.requested):  # Ctrl-C / SIGTERM: this step is complete, stop here
-                    if checkpointed_step != state["global_step"]:
-                        save_checkpoint()
+                    if loop.checkpointed_step != state["global_step"]:
+                        save_checkpoint(loop)
                     raise TrainingInterrupted(
-                        f"interrupted ({stop.signal_name or 'another process'}) at step {state['global_step']}/{total_steps}; checkpoint saved; "
-                        f"resume with: latentreason train {out}/config.yaml out_dir={out}")
+                        f"interrupted ({stop.signal_name or 'another process'}) at step {state['global_step']}/{loop.total_steps}; checkpoint saved; "
+                        f"resume with: latentreason {command} {out}/config.yaml out_dir={out}")
     finally:
         stop.deferring = False
         bar.close()
         if run.train_stream is not None:
             run.train_stream.close()
-        if metrics_file:
-            metrics_file.close()
+        if loop.metrics_file:
+            loop.metrics_file.close()
         # Not accelerator.end_training(): it also destroys the process group, which the rest of train() needs.
         for tracker in accelerator.trackers:
             tracker.finish()
         accelerator.trackers.clear()
+    return None
 
-    method = accelerator.unwrap_model(model)
+
+def optimizer_step(loop: Loop, examples: Sequence[Any], step_ids: list[int], epoch: int) -> tuple[float, Any]:
+    """One optimizer step over `step_ids` (indices into `examples`): this process's micro-batches (gradients
+    synchronised on the last), clipping, then AdamW, or at a non-finite loss or gradient a skipped batch
+    (train.nonfinite=skip) or TrainingDiverged. Returns the step's loss and gradient norm."""
+    accelerator, tc = loop.accelerator, loop.config.train
+    total_loss = 0.0
+    for micro in range(tc.grad_accum):
+        start = (micro * accelerator.num_processes + accelerator.process_index) * tc.batch_size
+        batch = loop.run.trained.collate([examples[i] for i in step_ids[start: start + tc.batch_size]])
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(loop.model)
+        with sync, accelerator.autocast():
+            loss = loop.model(batch) / tc.grad_accum
+            accelerator.backward(loss)
+        total_loss += loss.item()
+    grad_norm = accelerator.clip_grad_norm_(loop.trainable, tc.max_grad_norm)
+    if finite_everywhere(accelerator, total_loss, grad_norm):
+        loop.optimizer.step()
+    elif tc.nonfinite == "skip":
+        loop.state["nonfinite_skipped"] += 1  # this batch changes no weight; the schedule moves on
+    else:
+        step = loop.state["global_step"] + 1
+        if loop.metrics_file:
+            loop.metrics_file.write(json_line({"step": step, "epoch": epoch, "loss": total_loss, "grad_norm": float(grad_norm), "nonfinite": True}))
+        kept = f"the last good checkpoint (step {loop.checkpointed_step}) is kept" if loop.checkpointed_step is not None else "no checkpoint was written yet"
+        raise ckpt.TrainingDiverged(
+            f"{loop.out}: non-finite loss ({total_loss}) or gradient norm ({float(grad_norm)}) at step {step}; "
+            f"stopped without applying it, {kept}; lower train.lr (now {tc.lr}), or resume past such batches with train.nonfinite=skip")
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return total_loss, grad_norm
+
+
+def log_step(loop: Loop, epoch: int, loss: float, grad_norm: Any) -> None:
+    """A metrics.jsonl row (strict JSON: a NaN loss is written as null) and tracker values, every
+    train.log_every steps and at the last one."""
+    step = loop.state["global_step"]
+    if loop.metrics_file and (step % loop.config.train.log_every == 0 or step == loop.total_steps):
+        record = {"step": step, "epoch": epoch, "loss": loss, "lr": loop.scheduler.get_last_lr()[0],
+                  "grad_norm": float(grad_norm), "elapsed_s": loop.seconds()}
+        loop.metrics_file.write(json_line(record))
+        loop.metrics_file.flush()
+        loop.accelerator.log({f"train/{key}": record[key] for key in ("loss", "lr", "grad_norm")}, step=step)
+
+
+def save_checkpoint(loop: Loop) -> None:
+    """Weights, optimizer moments, schedule, counters and RNG states at this step boundary (atomic; the
+    main process writes, every process takes part)."""
+    accelerator = loop.accelerator
     accelerator.wait_for_everyone()
-    if sharded:  # FSDP2 parameters are shards: gather them (collective) into an unsharded copy to save and evaluate
-        weights = accelerator.get_state_dict(model)
+    weights = accelerator.get_state_dict(loop.model)  # under FSDP2 a collective that gathers full weights: all ranks call it
+    if accelerator.is_main_process:
+        loop.state["train_seconds"] = loop.seconds()
+        ckpt.save_checkpoint(loop.out / ckpt.CHECKPOINT_FILE, weights, {
+            "optimizer": None if accelerator.is_fsdp2 else loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict(),
+            "state": dict(loop.state),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        })
+    loop.checkpointed_step = loop.state["global_step"]
+
+
+def evaluate_and_finish(loop: Loop, progress: bool, evaluate_at_end: bool) -> dict:
+    """Phase 5: final weights (model.safetensors), the evaluation (the task's answers, or an Objective's own
+    measurement), learning_curves.png and done.json; the resume checkpoint goes."""
+    accelerator, run, state, out, cfg = loop.accelerator, loop.run, loop.state, loop.out, loop.config
+    method = accelerator.unwrap_model(loop.model) if run.objective is None else run.method  # an Objective trains its method in place
+    accelerator.wait_for_everyone()
+    if accelerator.is_fsdp2:  # FSDP2 parameters are shards: gather them (collective) into an unsharded copy to save and evaluate
+        weights = accelerator.get_state_dict(loop.model)
         if accelerator.is_main_process:
-            method = build_run(cfg, out).method.to(accelerator.device)
-            method.load_state_dict(weights)
-    summary: dict = {"steps": state["global_step"], "train_seconds": seconds_before + time.perf_counter() - began}
+            run = loop.build(cfg, out)
+            run.trained.to(accelerator.device).load_state_dict(weights)
+            method = run.method
+    summary: dict = {"steps": state["global_step"], "train_seconds": loop.seconds()}
     if state["nonfinite_skipped"]:
         summary["nonfinite_skipped"] = state["nonfinite_skipped"]
     if state.get("early_stopped"):
         summary |= {"early_stopped": True, "best_eval_step": state.get("best_eval_step"), "best_eval_accuracy": state.get("best_eval_accuracy")}
-    if run.train_stream is not None:  # seconds training waited for chunk generation (this process, this session)
-        summary |= {"train_examples_seen": state["global_step"] * per_step, "stream_wait_seconds": run.train_stream.wait_seconds}
+    if loop.run.train_stream is not None:  # seconds training waited for chunk generation (this process, this session)
+        summary |= {"train_examples_seen": state["global_step"] * loop.examples_per_step, "stream_wait_seconds": loop.run.train_stream.wait_seconds}
     if accelerator.is_main_process:
         ckpt.save_weights(method.state_dict(), out / ckpt.WEIGHTS_FILE)
-        if evaluate_at_end:
+        if evaluate_at_end and run.objective is None:
             summary |= evaluate(method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, out, progress)
-        plot_learning_curves(out, plot_baselines(summary) if evaluate_at_end else curve_baselines)
+        elif evaluate_at_end:
+            summary |= run.objective.facts() | {"before": state.get("before"), "after": run.objective.measure()}
+        plot_learning_curves(out, plot_baselines(summary) if evaluate_at_end else loop.curve_baselines)
         ckpt.atomic_write(out / "done.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         for name in (ckpt.CHECKPOINT_FILE, ckpt.LEGACY_CHECKPOINT_FILE):
             (out / name).unlink(missing_ok=True)
@@ -414,10 +507,6 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return bool(total.item() > 0)
 
 
-MULTI_PASS_METHODS = ("coconut", "coprocessor", "looped")
-"""Methods that run every decoder layer several times per training step (FSDP2 keeps those layers gathered)."""
-
-
 def distributed_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """Accelerator arguments for multi-process runs: DDP options, plus an FSDP2 plugin when asked on GPUs.
 
@@ -433,7 +522,7 @@ def distributed_kwargs(cfg: RunConfig) -> dict[str, Any]:
         return kwargs
     reshard = tc.fsdp_reshard_after_forward
     if reshard is None:
-        reshard = cfg.method.name not in MULTI_PASS_METHODS
+        reshard = not method_class(cfg.method.name).multi_pass  # multi-pass methods keep layers gathered
     kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
         fsdp_version=2, reshard_after_forward=reshard, auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT",
     )
@@ -447,54 +536,3 @@ def compile_layers(method: LatentMethod) -> None:
         if isinstance(layers, torch.nn.ModuleList):
             for layer in layers:
                 layer.compile()
-
-
-def load_finished_run(run_dir: str | Path, overrides: dict | None = None, device: str | None = None) -> Run:
-    """A finished run rebuilt from its config.yaml + tokenizer/, with its final weights loaded, in eval mode.
-
-    `overrides` (a nested dict) change the config, e.g. another eval set or decoding budget.
-    """
-    from latentreason.config import deep_merge, from_dict
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    weights = ckpt.weights_path(run_dir)  # model.safetensors, or an older run's model.pt
-    if not weights.exists():
-        raise UserInputError(f"this run has no final weights ({weights.name}); did it finish?", path=str(run_dir))
-    cfg = from_dict(RunConfig, deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {}))
-    cfg.train.init_from = None  # the final weights hold every weight; the init run may be gone
-    run = build_run(cfg, run_dir)
-    load_weights(run.method, weights)
-    run.method.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return run
-
-
-def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: bool = True, eval_name: str = "eval") -> dict:
-    """Re-evaluate a finished run's final weights (e.g. with another eval set or decoding budget).
-
-    Results go to RUN_DIR/<eval_name>/, so several re-evaluations (e.g. one per exit threshold) can coexist;
-    a name that would write over the run's own files is refused. The run dir is locked meanwhile.
-    """
-    check_eval_name(run_dir, eval_name)
-    if not Path(run_dir).is_dir():
-        raise UserInputError("not a run directory (no such directory)", path=str(run_dir))
-    with RunLock(run_dir, "eval"):
-        run = load_finished_run(run_dir, overrides)
-        cfg = run.config
-        return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, Path(run_dir) / eval_name, progress)
-
-
-RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "metrics.jsonl", "done.json", "eval.json", "predictions.jsonl", "analysis", "tb",
-                   ckpt.WEIGHTS_FILE, ckpt.LEGACY_WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LEGACY_CHECKPOINT_FILE)
-"""What `train` and `analyze` write in a run dir: a re-evaluation's results folder must be none of them."""
-
-
-def check_eval_name(run_dir: str | Path, eval_name: str) -> None:
-    """`eval --name` is one plain folder name inside the run dir, never the run dir itself or one of its files
-    (`--name ""` would overwrite the run's own eval.json and predictions.jsonl)."""
-    name = str(eval_name)
-    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or name in RUN_DIR_ENTRIES \
-            or (Path(run_dir) / name).is_file():
-        raise UserInputError(f"eval --name {name!r}: expected a plain folder name for the results (default: eval), not empty, "
-                             f"not a path and none of the run's own files {list(RUN_DIR_ENTRIES)}", path=str(run_dir))

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from latentreason.backbone_names import TINY_BACKBONE_NAMES
 from latentreason.config import RunConfig
 from latentreason.errors import UserInputError
+from latentreason.methods import method_class
 from latentreason.tokenization import EncodedExample
-
-LATENT_METHODS = ("soft_tokens", "coconut", "coprocessor")
-"""Methods that insert latent slots (plus at most two markers) between question and answer."""
 
 
 def position_limit(model) -> int | None:
@@ -26,15 +25,9 @@ def position_limit(model) -> int | None:
     return None
 
 
-def latent_positions(cfg: RunConfig) -> int:
+def latent_positions(config: RunConfig) -> int:
     """Upper bound on the positions a method adds between question and answer (latents and their markers)."""
-    method = cfg.method
-    if method.name not in LATENT_METHODS:
-        return 0
-    latents = method.n_latents
-    if method.name == "coconut" and latents == 0:
-        latents = method.coconut.max_latent_stage * method.coconut.thoughts_per_step
-    return latents + 2
+    return method_class(config.method.name).max_latent_positions(config.method)
 
 
 def _longest(examples: Sequence[EncodedExample], length) -> tuple[int, int]:
@@ -48,15 +41,15 @@ def _describe(split: str, index: int, example: EncodedExample) -> str:
     return f"{split} example {index} ({shown!r})"
 
 
-def check_sequence_lengths(cfg: RunConfig, model, train_set: Sequence[EncodedExample], eval_set: Sequence[EncodedExample]) -> None:
+def check_sequence_lengths(config: RunConfig, model, train_set: Sequence[EncodedExample], eval_set: Sequence[EncodedExample]) -> None:
     """UserInputError naming the longest example when a training sequence or an eval prompt (plus, for
     models with learned absolute positions, the decoding budget) does not fit the model's positions."""
     limit = position_limit(model)
     if limit is None:
         return
-    latents = latent_positions(cfg)
-    uses_steps = cfg.method.name not in ("no_cot", "soft_tokens", "coprocessor") and not (cfg.method.name == "looped" and not cfg.method.looped.use_steps)
-    setting = "model.max_positions" if cfg.model.backbone in ("gpt2-tiny", "qwen3-tiny", "llama-tiny") else f"the position limit of {cfg.model.backbone}"
+    latents = latent_positions(config)
+    uses_steps = method_class(config.method.name).uses_steps(config.method)
+    setting = "model.max_positions" if config.model.backbone in TINY_BACKBONE_NAMES else f"the position limit of {config.model.backbone}"
 
     def train_length(e: EncodedExample) -> int:
         return len(e.question_ids) + latents + (sum(map(len, e.step_ids)) if uses_steps else 0) + len(e.answer_ids)
@@ -69,7 +62,7 @@ def check_sequence_lengths(cfg: RunConfig, model, train_set: Sequence[EncodedExa
                                  f"over {setting}={limit}; raise the limit or drop long examples")
     if eval_set:
         learned_positions = hasattr(getattr(model, "config", None), "n_positions")  # GPT-2 cannot go past its table
-        budget = cfg.eval.max_new_tokens if learned_positions else 0
+        budget = config.eval.max_new_tokens if learned_positions else 0
 
         def eval_length(e: EncodedExample) -> int:
             return len(e.question_ids) + latents + budget

@@ -1,6 +1,6 @@
 """Collect latent vectors from a finished run: rebuild its method, load its weights, trace the eval set.
 
-    run = training.load_finished_run(run_dir, overrides)   # Run with its final weights loaded, eval mode
+    run = finished_run.load_finished_run(run_dir, overrides)   # Run with its final weights loaded, eval mode
     z = collect_latents(run.method, run.eval_set, 64)      # [n, N_L, d] from method.trace
     b = base_side_states(run.method, run.eval_set, 64)     # [n, L, d] for Base + Coprocessor methods
 
@@ -16,14 +16,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from latentreason.backbones import lm_forward
 from latentreason.methods.base import LatentMethod
-from latentreason.tokenization import EncodedExample, positions_from_mask
-
-PRE_NORM_TRACES = {"looped"}
-"""Methods whose trace() returns raw residual states (the final norm not applied yet). Every other method
-traces HF `hidden_states[-1]` / `last_hidden_state`, which already went through the final norm, so the
-logit lens must not normalise them a second time."""
+from latentreason.tokenization import EncodedExample
 
 
 def _batches(examples: Sequence[EncodedExample], batch_size: int, desc: str, progress: bool):
@@ -40,7 +34,8 @@ def collect_latents(method: LatentMethod, examples: Sequence[EncodedExample], ba
 
 
 def has_base_and_coprocessor(method: LatentMethod) -> bool:
-    return {"base", "coprocessor"} <= set(method.latent_models())
+    """Whether a separate Base reads the method's latents: such a method offers `base_read_states`."""
+    return callable(getattr(method, "base_read_states", None))
 
 
 @torch.no_grad()
@@ -52,17 +47,9 @@ def base_side_states(method: LatentMethod, examples: Sequence[EncodedExample], b
         are Z (slot i of this tensor is the Base's reading of latent i);
       - kv injection (h1, h2 kv): the Base has no state at a latent slot (it only attends to the latents'
         K/V), so L = 1, its state at the `<eot>` read position, the first one computed after the latents.
-    Both come from the same passes as generation (question cache, Coprocessor, Base lead-in).
+    Both come from the same passes as generation (`Coprocessor.base_read_states`).
     """
-    parts = []
-    for chunk in _batches(examples, batch_size, "trace base", progress):
-        question_ids, question_mask = method.left_padded_prompts([e.question_ids for e in chunk])
-        cache = method.question_cache(question_ids, question_mask)
-        z, coprocessor_cache = method.latents(cache, question_mask)
-        lead, mask = method.lead_in(question_mask, cache, z, coprocessor_cache)
-        positions = positions_from_mask(mask)[:, -lead.shape[1]:]
-        out = lm_forward(method.model, lead, mask, positions, cache, output_hidden_states=True)
-        parts.append(out.hidden_states[-1].float().cpu())
+    parts = [method.base_read_states(chunk).float().cpu() for chunk in _batches(examples, batch_size, "trace base", progress)]
     return torch.cat(parts, 0)
 
 

@@ -8,7 +8,7 @@ projection does not read.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -68,59 +68,20 @@ def logit_lens(
     return table
 
 
-def _get_path(obj: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-# Final-norm locations in common HF causal LMs, most common first.
-_NORM_PATHS = (
-    "transformer.ln_f",  # GPT-2, GPT-J, GPT-Neo, Bloom
-    "model.norm",  # Llama, Qwen2/3, Mistral, Gemma
-    "gpt_neox.final_layer_norm",  # GPT-NeoX, Pythia
-    "model.decoder.final_layer_norm",  # OPT
-    "model.final_layernorm",  # Phi
-    "transformer.norm_f",
-    "backbone.norm_f",  # Mamba
-    "model.final_norm",
-    "norm",
-    "ln_f",
-)
-_HEAD_PATHS = ("lm_head", "embed_out", "output", "head")
-
-
 def find_final_norm_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Locate ``(final_norm, lm_head)`` in a Hugging Face causal LM.
-
-    Handles GPT-2 (``transformer.ln_f``, ``lm_head``), Llama/Qwen3 (``model.norm``,
-    ``lm_head``) and other common layouts; the head falls back to
-    ``model.get_output_embeddings()``. PEFT wrappers are unwrapped first.
+    """``(final_norm, lm_head)`` of a Hugging Face causal LM, from the one adapter for HF internals
+    (``backbones.decoder_parts``: GPT-2 and Llama-style layouts, PEFT wrappers unwrapped).
 
     Raises:
-        ValueError: naming what was not found, so an unsupported architecture fails
-            loudly instead of producing a lens through the wrong module.
+        ValueError: naming what was not found, so an unsupported architecture fails loudly instead of
+            producing a lens through the wrong module.
     """
-    if hasattr(model, "get_base_model"):  # peft.PeftModel
-        model = model.get_base_model()
+    from latentreason.backbones import decoder_parts  # transformers: imported only when a lens is built
+    from latentreason.errors import UserInputError
 
-    head = _get_path(model, "lm_head")
-    if head is None and hasattr(model, "get_output_embeddings"):
-        head = model.get_output_embeddings()
-    if head is None:
-        head = next((m for p in _HEAD_PATHS if (m := _get_path(model, p)) is not None), None)
-    norm = next((m for p in _NORM_PATHS if (m := _get_path(model, p)) is not None), None)
-
-    missing = [name for name, mod in (("final norm", norm), ("LM head", head)) if mod is None]
-    if missing:
-        raise ValueError(
-            f"could not find the {' and '.join(missing)} of {type(model).__name__}; "
-            f"looked for norm at {list(_NORM_PATHS)} and head at lm_head / "
-            f"get_output_embeddings() / {list(_HEAD_PATHS)}. Pass the modules to "
-            "logit_lens() explicitly."
-        )
-    if not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
-        raise ValueError(f"found non-module attributes for final norm/LM head in {type(model).__name__}")
-    return norm, head
+    try:
+        parts = decoder_parts(model)
+    except (UserInputError, AttributeError) as error:
+        raise ValueError(f"could not find the final norm and LM head of {type(model).__name__}: {error}. "
+                         "Pass the modules to logit_lens() explicitly.") from None
+    return parts.norm, parts.head

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from latentreason.backbones import Backbone, ModelDims, count_parameters, embed_tokens, forward_flops, lm_forward, new_cache
+from latentreason.backbones import Backbone, count_parameters, embed_tokens, lm_forward, new_cache
 from latentreason.config import MethodConfig
+from latentreason.flops import ModelDims, decode_flops, prefix_decode_flops  # noqa: F401  (decode_flops: re-exported)
 from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad, special_ids
 
 
@@ -36,7 +37,7 @@ class Generation:
     latent_slots: list[int]
     """Latent vectors each answer used (N_L, Coconut thoughts, or loops beyond the first for looped)."""
     flops: list[float]
-    """Analytic forward FLOPs per answer (see backbones.forward_flops)."""
+    """Analytic forward FLOPs per answer (the FLOP model in latentreason.flops)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Method-specific statistics (e.g. mean loops per token)."""
 
@@ -95,20 +96,59 @@ def greedy_decode(
     return out, calls
 
 
-def decode_flops(dims: ModelDims, context: int, decode_calls: int) -> float:
-    """FLOPs of `decode_calls` single-token cached calls starting after `context` tokens."""
-    n = decode_calls
-    if n <= 0:
-        return 0.0
-    # Sum over t of forward_flops(1 token, context + t past): closed form of the arithmetic series.
-    past_total = n * context + n * (n - 1) / 2
-    return 2 * dims.n_params_layers * n + 4 * dims.n_layer * dims.d_model * (past_total + n) + 2 * dims.d_model * dims.vocab_size * n
-
-
 class LatentMethod(nn.Module):
     """Base class: holds the backbone, special token ids and the shared prefix-then-decode path."""
 
     name: ClassVar[str] = ""
+
+    # --- facts the rest of the code asks (so no method name is spelled outside methods/) -------------
+    multi_pass: ClassVar[bool] = False
+    """Runs every decoder layer several times per training step (FSDP2 then keeps those layers gathered)."""
+    traces_normed: ClassVar[bool] = True
+    """`trace()` returns states that already passed the final norm (else the logit lens applies it)."""
+    reference_baseline: ClassVar[bool] = False
+    """A no-latent reference (drawn as a horizontal line in accuracy-vs-N_L plots)."""
+    identifying_keys: ClassVar[tuple[str, ...]] = ()
+    """Config keys (flat, e.g. "method.looped.loops") that tell two configurations of this method apart
+    beyond method.name and method.n_latents; for other methods these keys are noise."""
+    trains_on_steps: ClassVar[bool] = True
+    """Its training sequences contain the reasoning steps (as text, or replaced stage by stage)."""
+    inserts_latent_slots: ClassVar[bool] = False
+    """It places latent slots (plus at most two markers) between question and answer."""
+    description: ClassVar[str] = ""
+    """One paragraph for model cards (export.py): what the method is and where its weights are."""
+
+    @classmethod
+    def label(cls, config: MethodConfig) -> str:
+        """Name of a configuration in tables and plots."""
+        return cls.name
+
+    @classmethod
+    def latent_budget(cls, config: MethodConfig) -> int:
+        """N_L of a configuration: the latent vectors one answer uses (Generation.latent_slots' convention)."""
+        return config.n_latents
+
+    @classmethod
+    def uses_steps(cls, config: MethodConfig) -> bool:
+        """Whether this configuration's training sequences contain the reasoning steps."""
+        return cls.trains_on_steps
+
+    @classmethod
+    def max_latent_positions(cls, config: MethodConfig) -> int:
+        """Upper bound on the positions it adds between question and answer (latents and markers)."""
+        return config.n_latents + 2 if cls.inserts_latent_slots else 0
+
+    @classmethod
+    def trace_slots(cls, config: MethodConfig) -> int:
+        """Length of the slot axis of `trace()`'s [B, slots, d]: N_L unless the method says otherwise."""
+        return cls.latent_budget(config)
+
+    @classmethod
+    def random_base_warning(cls, config: MethodConfig, backbone: str) -> str | None:
+        """One warning line when this configuration freezes the backbone (the Base) and trains only what reads
+        or writes for it, while that Base is the random from-scratch `backbone` (run_checks decides that it is
+        random); None when the backbone trains."""
+        return None
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__()
@@ -136,7 +176,8 @@ class LatentMethod(nn.Module):
         return torch.zeros(len(examples), 0, self.dims.d_model)
 
     def set_epoch(self, epoch: int) -> bool:
-        """Called at each epoch start; return True when the layout changed and the optimizer should reset."""
+        """Called at each epoch start; return True when the optimizer's moments should be reset (a new
+        curriculum stage, if the method's config asks for it)."""
         return False
 
     def latent_models(self) -> dict[str, PreTrainedModel]:
@@ -197,7 +238,5 @@ class LatentMethod(nn.Module):
         """Generation for methods whose whole prefix is tokens: one prefill, then decoding."""
         ids, mask = self.left_padded_prompts(prompts)
         tokens, calls = self.decode_after_prefix(self.embed(ids), mask, max_new_tokens)
-        flops = [
-            forward_flops(self.dims, len(p), 0, 1) + decode_flops(self.dims, len(p), c) for p, c in zip(prompts, calls)
-        ]
+        flops = [prefix_decode_flops(self.dims, len(p), c) for p, c in zip(prompts, calls)]
         return Generation(tokens, [1 + c for c in calls], [latent_slots] * len(prompts), flops)

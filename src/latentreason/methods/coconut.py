@@ -34,10 +34,11 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from latentreason.backbones import Backbone, body, forward_flops, lm_forward, new_cache
+from latentreason.backbones import Backbone, body, lm_forward, new_cache
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
-from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, decode_flops, greedy_decode
+from latentreason.flops import prefix_decode_flops
+from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, greedy_decode
 from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
 
 
@@ -68,6 +69,22 @@ class Coconut(LatentMethod):
     """Continuous thought: last hidden states fed back as the next inputs between <bot> and <eot>."""
 
     name = "coconut"
+    multi_pass = True
+    inserts_latent_slots = True
+    description = ("Coconut (Hao et al. 2024): the last hidden state is fed back as the next input embedding for N_L "
+                   "continuous thoughts before the answer; the backbone holds every weight.")
+
+    @classmethod
+    def latent_budget(cls, config: MethodConfig) -> int:
+        """method.n_latents, or with n_latents = 0 (and a curriculum) the final stage's max_latent_stage * c."""
+        cc = config.coconut
+        if cc.fixed_latents or config.n_latents:
+            return config.n_latents
+        return cc.max_latent_stage * cc.thoughts_per_step
+
+    @classmethod
+    def max_latent_positions(cls, config: MethodConfig) -> int:
+        return cls.latent_budget(config) + 2  # the latents between <bot> and <eot>
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -95,12 +112,13 @@ class Coconut(LatentMethod):
         return min(epoch // self.config.coconut.epochs_per_stage, self.max_stage)
 
     def set_epoch(self, epoch: int) -> bool:
-        """Enter the stage of `epoch`; True exactly when `epoch` starts a new stage.
+        """Enter the stage of `epoch`; True exactly when `epoch` starts a new stage and
+        `coconut.reset_optimizer` asks for fresh Adam moments per stage, as in Coconut.
 
         Depends only on `epoch` (not on the previous call), so a resumed run makes the same decision.
         """
         self.stage = self.stage_at(epoch)
-        if self.config.coconut.fixed_latents:
+        if self.config.coconut.fixed_latents or not self.config.coconut.reset_optimizer:
             return False
         return epoch > 0 and self.stage != self.stage_at(epoch - 1)
 
@@ -219,7 +237,7 @@ class Coconut(LatentMethod):
             # pass's logits are used (latent passes need only hidden states).
             prompt = len(example.question_ids) + plan.n_latents + 2
             passes.append(plan.n_latents + 1 + n_calls)
-            flops.append(forward_flops(self.dims, prompt, 0, 1) + decode_flops(self.dims, prompt, n_calls))
+            flops.append(prefix_decode_flops(self.dims, prompt, n_calls))
         return Generation(tokens, passes, [p.n_latents for p in plans], flops, {"batch_prefix_passes": out.passes})
 
     @torch.no_grad()

@@ -36,13 +36,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from latentreason.backbones import Backbone, ModelDims, body, count_parameters, forward_flops, lm_forward, new_cache
+from latentreason.backbones import Backbone, body, count_parameters, lm_forward, new_cache
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
-from latentreason.methods.base import Generation, LatentMethod, decode_flops
+from latentreason.flops import ModelDims, decode_flops, forward_flops
+from latentreason.methods.base import Generation, LatentMethod
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
 VARIANTS = ("liu", "h1", "h2")
+FROZEN_BASE_VARIANTS = ("liu", "h1")
+"""Variants that train only the Coprocessor (and its soft tokens) over a frozen Base."""
 INITS = ("base", "fresh")
 INJECTIONS = ("embeddings", "kv")
 
@@ -81,6 +84,26 @@ class Coprocessor(LatentMethod):
     """A frozen or trained Base plus a same-architecture Coprocessor that writes N_L latents for it."""
 
     name = "coprocessor"
+    multi_pass = True
+    trains_on_steps = False
+    inserts_latent_slots = True
+    identifying_keys = ("method.coprocessor.variant",)
+    description = ("Base + Coprocessor (Liu et al. 2024): the Coprocessor (`coprocessor/`) reads the Base's question cache "
+                   "and N_L soft tokens (`soft_tokens` in `latent_method.safetensors`) and writes N_L latents the Base "
+                   "(this directory's model) reads before answering.")
+
+    @classmethod
+    def label(cls, config: MethodConfig) -> str:
+        return f"coprocessor-{config.coprocessor.variant}"
+
+    @classmethod
+    def random_base_warning(cls, config: MethodConfig, backbone: str) -> str | None:
+        variant = config.coprocessor.variant
+        if variant not in FROZEN_BASE_VARIANTS:
+            return None
+        return (f"warning: method.coprocessor.variant={variant} freezes the Base, and this Base is a random {backbone} "
+                "(no train.init_from): the Coprocessor learns to help a model that never learned the task; "
+                "set train.init_from to a finished no_cot run")
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -104,7 +127,7 @@ class Coprocessor(LatentMethod):
         scale = float(self.model.get_input_embeddings().weight.detach().float().std())
         self.soft_tokens = nn.Parameter(torch.randn(self.n_latents, self.dims.d_model) * scale)
 
-        if self.variant in ("liu", "h1"):
+        if self.variant in FROZEN_BASE_VARIANTS:
             self.model.requires_grad_(False)
         elif cc.lora_rank > 0:
             add_lora(self.model, cc.lora_rank)
@@ -206,17 +229,34 @@ class Coprocessor(LatentMethod):
         return Generation(tokens, [3 + c for c in calls], [self.n_latents] * len(examples), flops)
 
     def answer_flops(self, question_len: int, decode_calls: int) -> float:
-        """Analytic FLOPs of one answer: Base prefill (no head), Coprocessor over N_L tokens past the question
-        (no head), Base lead-in (N_L latents, or <eot> after the injected K/V) with one head, then decoding."""
+        """Analytic FLOPs of one answer: the three passes with one head (the lead-in's last position), then
+        decoding after the lead-in."""
+        context = question_len + self.n_latents + (0 if self.injection == "embeddings" else 1)
+        return self.three_pass_flops(question_len, 0, 1) + decode_flops(self.dims, context, decode_calls)
+
+    def three_pass_flops(self, question_len: int, answer_tokens: int, head_tokens: int) -> float:
+        """Forward FLOPs of the three passes for one example: Base prefill over the question (no head),
+        Coprocessor over N_L tokens past the question (no head), Base over the lead-in (N_L latents, or
+        <eot> after the injected K/V) plus `answer_tokens` teacher-forced tokens, with the head on
+        `head_tokens` positions."""
         n, q = self.n_latents, question_len
-        flops = forward_flops(self.dims, q, 0, 0) + forward_flops(self.coprocessor_dims, n, q, 0)
-        if self.injection == "embeddings":
-            flops += forward_flops(self.dims, n, q, 1)
-            context = q + n
-        else:
-            flops += forward_flops(self.dims, 1, q + n, 1)
-            context = q + n + 1
-        return flops + decode_flops(self.dims, context, decode_calls)
+        past = q if self.injection == "embeddings" else q + n  # kv: the latents' K/V are in the cache
+        return (forward_flops(self.dims, q, 0, 0) + forward_flops(self.coprocessor_dims, n, q, 0)
+                + forward_flops(self.dims, self.lead_in_length + answer_tokens, past, head_tokens))
+
+    @property
+    def lead_in_length(self) -> int:
+        """Positions the Base reads between question and answer: the N_L latents, or `<eot>` (kv)."""
+        return self.n_latents if self.injection == "embeddings" else 1
+
+    @torch.no_grad()
+    def base_read_states(self, examples: Sequence[EncodedExample]) -> torch.Tensor:
+        """The Base's last-layer (final-normed) hidden states where it reads the latents, [B, L, d]: at the
+        N_L latent slots (embeddings injection) or at `<eot>` (kv injection, L = 1: the Base has no state
+        at a latent slot). The same passes as generation."""
+        cache, lead, mask, _ = self._prepare(examples)
+        positions = positions_from_mask(mask)[:, -lead.shape[1]:]
+        return lm_forward(self.model, lead, mask, positions, cache, output_hidden_states=True).hidden_states[-1]
 
     @torch.no_grad()
     def trace(self, examples: Sequence[EncodedExample]) -> torch.Tensor:

@@ -17,23 +17,26 @@ its own with a copy of its sequence's K/V, under a 4-D mask over [sequence K/V |
 x[:p_m] and, causally, its own group only; its position ids continue from p_m. (The last ahead token is not fed: its prediction would be
 x[p_m + N_A], outside the target window.) The Base is frozen here as in Liu et al.; the Coprocessor and
 its soft tokens train.
+
+`CoprocessorPretraining` is that loss as a training objective: `latentreason pretrain-coprocessor`
+(pretraining.py) trains it through the one training loop (training.py), which this module never imports.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
 from latentreason.backbones import body, lm_forward, new_cache
-from latentreason.config import RunConfig, save_config
+from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.methods.coprocessor import Coprocessor
+from latentreason.tasks.base import Example
 
 # ----------------------------------------------------------------------------- masks and positions
 
@@ -168,9 +171,9 @@ def no_latent_loss(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, a
 # ----------------------------------------------------------------------------- corpus
 
 
-def corpus_text(cfg: RunConfig, examples) -> list[str]:
-    """Documents to pretrain on: a text file's paragraphs, or each task example written out in full."""
-    source = cfg.method.coprocessor.pretrain_corpus
+def corpus_text(source: str, examples) -> list[str]:
+    """Documents to pretrain on (method.coprocessor.pretrain_corpus): a text file's paragraphs, or each task
+    example written out in full."""
     if source == "task":
         return ["\n".join([e.question, *e.steps, "### " + e.answer]) for e in examples]
     path = Path(source)
@@ -190,7 +193,13 @@ def pack(tokenizer, documents: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the objective
+
+
+def check_pretraining_config(config: MethodConfig) -> None:
+    """Pretraining writes the latents of the liu Coprocessor (its checkpoint then initialises any variant)."""
+    if config.name != Coprocessor.name or config.coprocessor.variant != "liu":
+        raise UserInputError("pretraining needs method.name=coprocessor and method.coprocessor.variant=liu (the checkpoint then initialises any variant)")
 
 
 @torch.no_grad()
@@ -204,80 +213,67 @@ def perplexities(method: Coprocessor, chunks: torch.Tensor, points: torch.Tensor
     return {f"ppl_{k}": math.exp(v / len(chunks)) for k, v in sums.items()}
 
 
-def pretrain_coprocessor(cfg: RunConfig, progress: bool = True) -> dict:
-    """Pretrain the Coprocessor (+ soft tokens) of a `coprocessor` method with variant `liu` on plain text.
+class CoprocessorPretraining(nn.Module):
+    """Coprocessor pretraining as a training objective (training.Objective): the one training loop trains it
+    like a method, over packed text sequences instead of task examples.
 
-    The Base comes from `train.init_from` (e.g. a No-CoT run) and stays frozen. Uses train.lr,
-    weight_decay, warmup_steps, max_grad_norm, batch_size, seed, and train.max_steps (or train.epochs over
-    the packed corpus); method.n_latents and method.coprocessor.pretrain_*. Writes config.yaml,
-    tokenizer/, metrics.jsonl, model.safetensors (the whole method: `train.init_from` of a later fine-tuning run)
-    and pretrain.json / done.json with ahead-token perplexities with/without latents, before and after.
+    Its items are row indices into the packed training text; `collate` stacks those rows with their
+    augmentation points, `forward` is `pretrain_loss`. The points of epoch e are drawn for every row from a
+    generator seeded by (train.seed, e) alone, so a resumed run draws what an uninterrupted one would. The
+    Base is frozen; the Coprocessor and its soft tokens train. The trained weights are the Coprocessor
+    method's own (`self.method`): its model.safetensors is the `train.init_from` of a fine-tuning run.
     """
-    from latentreason.run_checks import warn_random_frozen_base
-    from latentreason.checkpoint import WEIGHTS_FILE, save_weights
-    from latentreason.training import build_run, lr_factor
 
-    out = Path(cfg.out_dir)
-    if (out / "done.json").exists():
-        raise UserInputError("this run already finished; choose a new out_dir (nothing was overwritten)", path=str(out))
-    cc, tc = cfg.method.coprocessor, cfg.train
-    if cfg.method.name != "coprocessor" or cc.variant != "liu":
-        raise UserInputError("pretraining needs method.name=coprocessor and method.coprocessor.variant=liu (the checkpoint then initialises any variant)")
-    if cc.pretrain_ahead < 1 or cc.pretrain_points < 1:
-        raise UserInputError("method.coprocessor.pretrain_points and pretrain_ahead must be >= 1")
-    warn_random_frozen_base(cfg)
-    run = build_run(cfg, out)
-    method = run.method
-    assert isinstance(method, Coprocessor)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    method.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    method.tokenizer.save_pretrained(str(out / "tokenizer"))
+    name = "coprocessor pretraining"
 
-    seq_len, m, ahead = cc.pretrain_seq_len, cc.pretrain_points, cc.pretrain_ahead
-    train_chunks = pack(method.tokenizer, corpus_text(cfg, [e.example for e in run.train_set]), seq_len).to(device)
-    eval_chunks = pack(method.tokenizer, corpus_text(cfg, [e.example for e in run.eval_set]), seq_len).to(device)
-    generator = torch.Generator().manual_seed(tc.seed)
-    eval_points = sample_points(len(eval_chunks), seq_len, m, ahead, torch.Generator().manual_seed(tc.seed + 1)).to(device)
+    def __init__(self, method: Coprocessor, train_examples: Sequence[Example], eval_examples: Sequence[Example], seed: int, batch_size: int):
+        """`train_examples` / `eval_examples`: the task's splits, the text to pack unless method.coprocessor.
+        pretrain_corpus names a text file; `batch_size`: of the perplexity measurements."""
+        super().__init__()
+        check_pretraining_config(method.config)
+        cc = method.config.coprocessor
+        self.method = method
+        self.seq_len, self.points, self.ahead = cc.pretrain_seq_len, cc.pretrain_points, cc.pretrain_ahead
+        self.corpus, self.seed, self.batch_size = cc.pretrain_corpus, seed, batch_size
+        # Plain tensors, not buffers: they stay out of the state dict and the checkpoints.
+        self.train_text = pack(method.tokenizer, corpus_text(cc.pretrain_corpus, train_examples), self.seq_len)
+        self.eval_text = pack(method.tokenizer, corpus_text(cc.pretrain_corpus, eval_examples), self.seq_len)
+        self.eval_points = sample_points(len(self.eval_text), self.seq_len, self.points, self.ahead, torch.Generator().manual_seed(seed + 1))
+        self.epoch_points: torch.Tensor | None = None
+        """Points of the current epoch's rows (set_epoch draws them)."""
+        method.model.requires_grad_(False)
 
-    method.model.requires_grad_(False)
-    trainable = [p for p in [*method.coprocessor.parameters(), method.soft_tokens] if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
-    per_epoch = max(1, len(train_chunks) // tc.batch_size)
-    total_steps = tc.max_steps if tc.max_steps > 0 else per_epoch * tc.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, total_steps))
+    def items(self) -> list[int]:
+        """What the loop shuffles and batches: the rows of the packed training text."""
+        return list(range(len(self.train_text)))
 
-    method.eval()  # dropout off in the before/after measurements
-    before = perplexities(method, eval_chunks, eval_points, ahead, tc.batch_size)
-    method.train()
-    began = time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as metrics:
-        for step in tqdm(range(total_steps), desc="pretrain coprocessor", disable=not progress):
-            if step % per_epoch == 0:
-                order = torch.randperm(len(train_chunks), generator=generator)
-            rows = order[(step % per_epoch) * tc.batch_size: (step % per_epoch + 1) * tc.batch_size].to(device)
-            x = train_chunks[rows]
-            points = sample_points(len(x), seq_len, m, ahead, generator).to(device)
-            loss = pretrain_loss(method, x, points, ahead)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if (step + 1) % tc.log_every == 0 or step + 1 == total_steps:
-                metrics.write(json.dumps({"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
-                                          "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - began}) + "\n")
-                metrics.flush()
-    method.eval()
-    after = perplexities(method, eval_chunks, eval_points, ahead, tc.batch_size)
-    save_weights(method.state_dict(), out / WEIGHTS_FILE)
-    summary = {
-        "steps": total_steps, "train_seconds": time.perf_counter() - began, "train_sequences": len(train_chunks),
-        "eval_sequences": len(eval_chunks), "seq_len": seq_len, "points": m, "ahead": ahead, "n_latents": method.n_latents,
-        "corpus": cc.pretrain_corpus, "before": before, "after": after,
-        **{f"params_{k}": v for k, v in method.parameter_counts().items()},
-    }
-    (out / "pretrain.json").write_text(json.dumps(summary, indent=2))
-    (out / "done.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    def draw_points(self, epoch: int) -> torch.Tensor:
+        """Augmentation points [rows, M] of every training row for epoch `epoch`."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return sample_points(len(self.train_text), self.seq_len, self.points, self.ahead, generator)
+
+    def set_epoch(self, epoch: int) -> bool:
+        self.epoch_points = self.draw_points(epoch)
+        return False  # no curriculum: the optimizer keeps its moments
+
+    def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        assert self.epoch_points is not None, "set_epoch() draws the points before the first batch"
+        index = torch.tensor(list(rows), dtype=torch.long)
+        return {"text_ids": self.train_text[index], "points": self.epoch_points[index]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pretrain_loss(self.method, batch["text_ids"], batch["points"], self.ahead)
+
+    def measure(self) -> dict[str, float]:
+        """Ahead-token perplexities with and without latents on the eval text's fixed points (dropout off)."""
+        training, device = self.training, self.method.device
+        self.eval()
+        try:
+            return perplexities(self.method, self.eval_text.to(device), self.eval_points.to(device), self.ahead, self.batch_size)
+        finally:
+            self.train(training)
+
+    def facts(self) -> dict:
+        return {"train_sequences": len(self.train_text), "eval_sequences": len(self.eval_text), "seq_len": self.seq_len,
+                "points": self.points, "ahead": self.ahead, "n_latents": self.method.n_latents, "corpus": self.corpus,
+                **{f"params_{k}": v for k, v in self.method.parameter_counts().items()}}

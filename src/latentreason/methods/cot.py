@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from latentreason.backbones import lm_forward
+from latentreason.config import MethodConfig
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss
 from latentreason.tokenization import EncodedExample, supervised_sequences
 
@@ -16,6 +17,16 @@ class CoT(LatentMethod):
 
     name = "cot"
     use_steps = True
+    reference_baseline = True
+    description = "CoT baseline: the backbone is trained on question -> reasoning steps -> answer."
+
+    @classmethod
+    def uses_steps(cls, config: MethodConfig) -> bool:
+        return cls.use_steps
+
+    @classmethod
+    def latent_budget(cls, config: MethodConfig) -> int:
+        return 0
 
     def target_ids(self, example: EncodedExample) -> list[int]:
         steps = [t for step in example.step_ids for t in step] if self.use_steps else []
@@ -38,3 +49,4 @@ class NoCoT(CoT):
 
     name = "no_cot"
     use_steps = False
+    description = "No-CoT baseline: the backbone is trained to map a question straight to its answer."

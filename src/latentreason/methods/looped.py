@@ -34,45 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from latentreason.backbones import Backbone
+from latentreason.backbones import Backbone, decoder_parts, layer_attention_mask
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
+from latentreason.flops import decode_flops, forward_flops, head_flops, stack_flops
 from latentreason.methods.base import Generation, LatentMethod
 from latentreason.tokenization import EncodedExample, positions_from_mask, supervised_sequences
 
 KV_POLICIES = ("reuse", "per_loop", "recompute")
-
-
-# ----------------------------------------------------------------------------- the decoder's parts
-
-
-@dataclass
-class DecoderParts:
-    """The pieces of an HF causal LM a looped stack needs (modules are the model's own, not copies)."""
-
-    layers: nn.ModuleList
-    norm: nn.Module
-    head: nn.Module
-    rotary: nn.Module | None
-    """Rotary embedding module (Llama/Qwen3); None for learned absolute positions (GPT-2)."""
-    wpe: nn.Module | None
-    """GPT-2's position embeddings, added once to the input embeddings."""
-    drop: nn.Module | None
-
-
-def decoder_parts(model: PreTrainedModel) -> DecoderParts:
-    """GPT-2 (transformer.h/ln_f/wpe) or Llama/Qwen3-style (model.layers/norm/rotary_emb) decoders."""
-    head = model.get_output_embeddings()
-    if hasattr(model, "transformer") and hasattr(model.transformer, "h"):
-        t = model.transformer
-        return DecoderParts(t.h, t.ln_f, head, None, t.wpe, t.drop)
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "layers") and hasattr(inner, "rotary_emb"):
-        layer_types = getattr(model.config, "layer_types", None) or []
-        if any(kind != "full_attention" for kind in layer_types):
-            raise UserInputError("looped: sliding-window attention layers are not supported")
-        return DecoderParts(inner.layers, inner.norm, head, inner.rotary_emb, None, None)
-    raise UserInputError(f"looped: cannot find the layer stack of {type(model).__name__} (GPT-2, Llama and Qwen3 layouts are supported)")
 
 
 # ----------------------------------------------------------------------------- per-loop KV cache
@@ -250,6 +219,23 @@ class Looped(LatentMethod):
     """A looped (universal-transformer-style) LM with a learned exit gate and compute-saving Q-exit."""
 
     name = "looped"
+    multi_pass = True
+    traces_normed = False  # per-loop states before the final norm; the logit lens applies it
+    identifying_keys = ("method.looped.loops",)
+    description = ("Looped LM (Ouro-style): the backbone's layer stack is applied T times with shared weights; an exit gate "
+                   "(`gate.*` in `latent_method.safetensors`) decides per token when to stop.")
+
+    @classmethod
+    def latent_budget(cls, config: MethodConfig) -> int:
+        return config.looped.loops - 1  # the loops beyond the first, as Generation.latent_slots counts them
+
+    @classmethod
+    def uses_steps(cls, config: MethodConfig) -> bool:
+        return config.looped.use_steps
+
+    @classmethod
+    def trace_slots(cls, config: MethodConfig) -> int:
+        return config.looped.loops  # one state per loop, the first included
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -265,6 +251,8 @@ class Looped(LatentMethod):
         self.cfg = cfg
         self.loops = cfg.loops
         self.parts = decoder_parts(self.model)
+        if not self.parts.full_attention:
+            raise UserInputError("looped: sliding-window attention layers are not supported")
         self.gate = nn.Linear(self.dims.d_model, 1)
         if cfg.stage == 2:
             self.model.requires_grad_(False)  # stage II: only the gate learns
@@ -311,10 +299,7 @@ class Looped(LatentMethod):
         pairs = (allowed & query_valid[:, :, None]).sum((1, 2))
         # Padding queries attend everywhere: their outputs are discarded, but a fully masked row would be NaN.
         allowed = (allowed | ~query_valid[:, :, None])[:, None]
-        if self.model.config._attn_implementation == "eager":
-            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, torch.finfo(x.dtype).min)
-        else:
-            mask = allowed
+        mask = layer_attention_mask(self.model, allowed, x.dtype)
         extra = {}
         if self.parts.rotary is not None:
             extra = {"position_ids": query_pos, "position_embeddings": self.parts.rotary(x, query_pos)}
@@ -549,20 +534,17 @@ class Looped(LatentMethod):
 
     # --- accounting -----------------------------------------------------------------------------------
     def _loop_flops(self, new_tokens: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        """One pass of the stack: 2 FLOPs per layer parameter per token + attention (as forward_flops)."""
-        d = self.dims
-        return 2.0 * d.n_params_layers * new_tokens.double() + 4.0 * d.n_layer * d.d_model * pairs.double()
+        """One pass of the stack over each row's new tokens and attended pairs (float64 per row)."""
+        return stack_flops(self.dims, new_tokens.double(), pairs.double())
 
     def _head_flops(self) -> float:
-        return 2.0 * self.dims.d_model * self.dims.vocab_size
+        return head_flops(self.dims, 1)
 
     def _all_loops_flops(self, prompt_len: int, decode_calls: int) -> float:
-        d, T = self.dims, self.loops
-        prefill = 2.0 * d.n_params_layers * prompt_len + 4.0 * d.n_layer * d.d_model * prompt_len * (prompt_len + 1) / 2
-        total = T * prefill + self._head_flops()
-        for k in range(decode_calls):
-            total += T * (2.0 * d.n_params_layers + 4.0 * d.n_layer * d.d_model * (prompt_len + k + 1)) + self._head_flops()
-        return total
+        """The same answer with all T loops everywhere: T stack passes per prompt token and per decode call,
+        one head per emitted token."""
+        T = self.loops
+        return T * forward_flops(self.dims, prompt_len, 0, 0) + self._head_flops() + decode_flops(self.dims, prompt_len, decode_calls, stack_passes=T)
 
     def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:
         out = self.decode(examples, max_new_tokens)

@@ -17,10 +17,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from latentreason.backbones import Backbone, forward_flops, lm_forward
+from latentreason.backbones import Backbone, lm_forward
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
-from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, decode_flops
+from latentreason.flops import prefix_decode_flops
+from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
 PLACEMENTS = ("after_question", "prefix")
@@ -30,6 +31,10 @@ class SoftTokens(LatentMethod):
     """N_L trainable soft embeddings placed after the question (or before it) and trained with the model."""
 
     name = "soft_tokens"
+    trains_on_steps = False
+    inserts_latent_slots = True
+    description = ("Soft tokens: N_L trainable input embeddings placed after the question (in `latent_method.safetensors` "
+                   "as `latents`), trained jointly with the backbone; one forward pass.")
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -76,7 +81,7 @@ class SoftTokens(LatentMethod):
         embeds, mask, _ = self.prefix(examples)
         tokens, calls = self.decode_after_prefix(embeds, mask, max_new_tokens)
         prompt = [len(e.question_ids) + self.n_latents for e in examples]
-        flops = [forward_flops(self.dims, p, 0, 1) + decode_flops(self.dims, p, c) for p, c in zip(prompt, calls)]
+        flops = [prefix_decode_flops(self.dims, p, c) for p, c in zip(prompt, calls)]
         return Generation(tokens, [1 + c for c in calls], [self.n_latents] * len(examples), flops)
 
     @torch.no_grad()

@@ -1,0 +1,295 @@
+"""`latentreason report SWEEP_DIR`: SWEEP_DIR/report.md and SWEEP_DIR/plots/ from a sweep's finished cells.
+
+The report has the results table (one row per configuration, results.aggregate), the paired gain of every
+latent configuration over the run it started from (results.paired_gains), plots, and the latent analyses
+(analysis/runs.py) of the runs that have them. A configuration is named by its setting (task, plus
+branching where the sweep varies it), its method label and N_L; any other axis that the sweep varies and
+that those do not tell apart (train.lr, train.epochs, ...) gets a column of its own and joins the plot labels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from latentreason.errors import UserInputError
+from latentreason.results import aggregate, collect, identity_value, is_reference, latent_budget, method_label, named_starts, paired_gains
+from latentreason.tables import markdown_table
+
+
+def _setting(row: dict[str, Any], branching_varies: set[str]) -> str:
+    task = str(row.get("task.name"))
+    return f"{task} b={row.get('task.branching')}" if task in branching_varies else task
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text.replace("=", "")).strip("_")
+
+
+def distinguishing_axes(entries: list[dict[str, Any]], branching_varies: set[str]) -> list[str]:
+    """Config axes that the setting, method label and N_L leave ambiguous: the keys whose values differ
+    between two configurations with the same (setting, label, N_L). Empty for the usual sweep."""
+    named: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        named.setdefault((_setting(entry, branching_varies), entry["label"], entry["N_L"]), []).append(entry)
+    keys = list(dict.fromkeys(k for entry in entries for k in entry if "." in k))
+    return [k for k in keys if any(len({str(m.get(k)) for m in members}) > 1 for members in named.values() if len(members) > 1)]
+
+
+def _name_configurations(entries: list[dict[str, Any]], branching_varies: set[str], axes: list[str] | None = None) -> list[str]:
+    """Give each entry its method `label`, `N_L` and `config_label` (the label plus the distinguishing axes,
+    which plots use); returns those axes (computed from `entries` unless given)."""
+    for entry in entries:
+        entry["label"], entry["N_L"] = method_label(entry), latent_budget(entry)
+    axes = distinguishing_axes(entries, branching_varies) if axes is None else axes
+    for entry in entries:
+        entry["config_label"] = " ".join([entry["label"], *(f"{k}={entry.get(k)}" for k in axes)])
+    return axes
+
+
+def plot_accuracy(rows: list[dict[str, Any]], x: str, path: Path, title: str, xlabel: str, logx: bool = False,
+                  references: list[dict[str, Any]] | None = None) -> Path:
+    """Accuracy (mean +- 95% CI) vs `x`, one line per `config_label`; `references` rows become dashed lines."""
+    from latentreason.analysis.plots import _new_figure, _save
+
+    fig = _new_figure((6.5, 4.2))
+    ax = fig.add_subplot()
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        if row.get(x) is not None and row.get("accuracy_mean") is not None:
+            lines.setdefault(row["config_label"], []).append((float(row[x]), row["accuracy_mean"], row.get("accuracy_ci95_half") or 0.0))
+    for label, points in lines.items():
+        points.sort()
+        xs, ys, errs = zip(*points)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    for index, row in enumerate(references or []):
+        ax.axhline(row["accuracy_mean"], linestyle="--", color=f"C{(len(lines) + index) % 10}", label=f"{row['config_label']} (reference)")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
+    ax.grid(True, alpha=0.3)
+    if lines or references:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_report(sweep_dir: str | Path) -> str:
+    """SWEEP_DIR/report.md: aggregated table, plots under SWEEP_DIR/plots/, per-run latent-analysis summaries.
+
+    Plots per setting (task, plus branching when the sweep varies it): accuracy vs N_L per method (reference
+    baselines such as no_cot and cot as dashed lines), accuracy vs FLOPs per answer (log x); per task whose
+    branching varies: accuracy vs branching per method and N_L. Returns the report's path.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise UserInputError("no finished runs in this sweep (nothing with eval.json under runs/)", path=str(sweep_dir))
+    table = aggregate(rows)
+    branchings: dict[str, set] = {}
+    for row in table:
+        branchings.setdefault(str(row["task.name"]), set()).add(row.get("task.branching"))
+    branching_varies = {task for task, values in branchings.items() if len(values) > 1}
+    axes = _name_configurations(table, branching_varies)
+    settings: dict[str, list[dict]] = {}
+    for row in table:
+        settings.setdefault(_setting(row, branching_varies), []).append(row)
+
+    plots_dir = sweep_dir / "plots"
+    figures: list[tuple[str, Path]] = []
+    for setting, members in settings.items():
+        latent = [r for r in members if not is_reference(r)]
+        references = [r for r in members if is_reference(r)]
+        if latent:
+            figures.append((f"{setting}: accuracy vs N_L", plot_accuracy(
+                latent, "N_L", plots_dir / f"accuracy_vs_nl_{_slug(setting)}.png", f"{setting}: accuracy vs latent budget",
+                "N_L (latent slots; looped: loops - 1)", references=references)))
+        flops = [r for r in members if r.get("flops_per_answer")]
+        if flops:
+            figures.append((f"{setting}: accuracy vs FLOPs", plot_accuracy(
+                flops, "flops_per_answer", plots_dir / f"accuracy_vs_flops_{_slug(setting)}.png",
+                f"{setting}: accuracy vs compute", "FLOPs per answer (log)", logx=True)))
+    for task in sorted(branching_varies):
+        members = [dict(r, config_label=r["config_label"] if is_reference(r) else f"{r['config_label']} N_L={r['N_L']}")
+                   for r in table if r["task.name"] == task]
+        figures.append((f"{task}: accuracy vs branching", plot_accuracy(
+            members, "task.branching", plots_dir / f"accuracy_vs_branching_{_slug(task)}.png",
+            f"{task}: accuracy vs branching factor", "branching factor")))
+
+    from latentreason.analysis.plots import plot_gains
+
+    gains = paired_gains(rows)
+    _name_configurations(gains, branching_varies, axes)  # the same columns and labels as the results table
+    for setting in sorted({_setting(g, branching_varies) for g in gains}):
+        members = sorted((g for g in gains if _setting(g, branching_varies) == setting), key=lambda g: (g["config_label"], g["N_L"]))
+        figures.append((f"{setting}: gain over the starting run", plot_gains(
+            [f"{g['config_label']} N_L={g['N_L']} (from {g['start']})" for g in members], [g["gain_mean"] for g in members],
+            [g["gain_ci95_half"] for g in members], plots_dir / f"gain_over_start_{_slug(setting)}.png",
+            f"{setting}: paired gain over the start (green/red: CI clears 0)")))
+
+    analyses = _analysis_rows(sweep_dir, rows, axes)
+    if any(a.get("cross_capture_mean_off_diagonal") is not None for a in analyses):
+        by_config = _aggregate_analyses(analyses)
+        for setting in sorted({a["setting"] for a in by_config}):
+            members = [a for a in by_config if a["setting"] == setting]
+            path = plots_dir / f"cross_capture_vs_nl_{_slug(setting)}.png"
+            figures.append((f"{setting}: cross-capture vs N_L", _plot_cross_capture(members, path, setting)))
+
+    lines = [f"# Sweep report: {sweep_dir.name}", ""]
+    if (sweep_dir / "sweep.yaml").exists():
+        lines += [f"Sweep config: `{sweep_dir / 'sweep.yaml'}`. Cells finished: {len(rows)}; "
+                  f"configurations: {len(table)}; seeds per configuration: {sorted({r['seeds'] for r in table})}.", ""]
+    failed = sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/error.txt"))
+    if failed:
+        lines += [f"**Failed cells** (traceback in runs/NAME/error.txt): {', '.join(failed)}", ""]
+    lines += ["## Results", "",
+              "Accuracy: mean over seeds with a 95% CI half-width (Student t over seeds; with one seed, the half-width "
+              "of that run's Wilson interval over eval examples). FLOPs, forward passes and latency are per answer "
+              "(latency = wall seconds per answer in batched evaluation on the run's device). N_L for looped = loops - 1. "
+              "Chance: accuracy of a uniform guess among the answer options (ProsQA: 0.5; blank where not defined). "
+              "Shortcut ceiling: best accuracy of a no-reasoning heuristic on the same eval examples (tasks/audit.py; "
+              "blank for runs evaluated before it existed). Accuracy at or below either is no evidence of reasoning.", ""]
+    lines += [_results_table(table, branching_varies, axes), ""]
+    if gains:
+        lines += ["## Gain over the starting model (paired by seed)", "",
+                  "Accuracy of each latent configuration minus that of the run it was initialised from (`train.init_from`: "
+                  "the same seed's No-CoT or CoT cell), mean over seeds with a Student-t 95% CI; better / equal / worse "
+                  "counts seeds. A gain whose CI excludes 0 is a real improvement over the start; compare it with a "
+                  "no-latent control trained for the same extra steps (e.g. soft_tokens N_L = 0) before crediting the latents.", ""]
+        lines += [_gains_table(gains, branching_varies, axes), ""]
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({path.relative_to(sweep_dir)})" for title, path in figures] + [""]
+    if analyses:
+        lines += ["## Latent analyses", "",
+                  "Per run (`latentreason analyze`, eval set): cross-capture H_ij = share of slot j's variance in slot i's "
+                  "principal subspace (high off-diagonal mean = slots share one subspace, i.e. poorly specialised); "
+                  "silhouette of latents labelled by slot (high = slots separable); effective rank of pooled latents; "
+                  "mean linear CKA between slots; Base vs Coprocessor: mean principal angle (degrees) between their "
+                  "subspaces and CKA between Z and the Base-side states.", ""]
+        if any(not a.get("skipped") for a in analyses):
+            lines += ["Mean over seeds per configuration:", "", _analysis_summary_table(analyses), ""]
+        lines += ["<details><summary>Every run</summary>", "", _analysis_table(analyses), "", "</details>", ""]
+    path = sweep_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def _fmt(value: Any, digits: str) -> str:
+    return "" if value is None else format(value, digits)
+
+
+def _results_table(table: list[dict[str, Any]], branching_varies: set[str], axes: list[str] = ()) -> str:
+    def fmt_count(value: Any) -> str:
+        return "" if value is None else f"{int(value):,}"
+
+    def order(row: dict[str, Any]) -> tuple:
+        return (str(row["task.name"]), row.get("task.branching") or 0, row["label"], row["N_L"], *(str(row.get(k)) for k in axes))
+
+    header = ["task", "method", "N_L", *axes, "seeds", "accuracy", "chance", "shortcut ceiling", "params total", "params trainable",
+              "FLOPs/answer", "fwd passes/answer", "ms/answer"]
+    cells = []
+    for row in sorted(table, key=order):
+        seconds = row.get("seconds_per_answer")
+        cells.append(dict(zip(header, [
+            _setting(row, branching_varies), row["label"], str(row["N_L"]), *(str(row.get(k)) for k in axes), str(row["seeds"]),
+            f"{row['accuracy_mean']:.3f} ± {row['accuracy_ci95_half']:.3f}",
+            _fmt(row.get("chance_accuracy"), ".2f"), _fmt(row.get("shortcut_ceiling"), ".2f"),
+            fmt_count(row.get("params_total")), fmt_count(row.get("params_trainable")),
+            _fmt(row.get("flops_per_answer"), ".3g"), _fmt(row.get("forward_passes_per_answer"), ".1f"),
+            "" if seconds is None else f"{1000 * seconds:.2f}",
+        ])))
+    return markdown_table(cells, header)
+
+
+def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str], axes: list[str] = ()) -> str:
+    header = ["task", "method", "N_L", *axes, "starts from", "seeds", "gain in accuracy", "better / equal / worse"]
+    cells = []
+    for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, r["label"], r["N_L"],
+                                            *(str(r.get(k)) for k in axes))):
+        ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
+        cells.append(dict(zip(header, [
+            _setting(row, branching_varies), row["label"], str(row["N_L"]), *(str(row.get(k)) for k in axes), row["start"],
+            str(row["seeds"]), f"{row['gain_mean']:+.3f}{ci}", f"{row['better']} / {row['equal']} / {row['worse']}",
+        ])))
+    return markdown_table(cells, header)
+
+
+def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str] = ()) -> list[dict[str, Any]]:
+    """One summary per run that has analysis/analysis.json, with its configuration columns."""
+    by_run = {r["run"]: r for r in named_starts(rows)}
+    tasks_varying = {t for t in {r.get("task.name") for r in rows} if len({r.get("task.branching") for r in rows if r.get("task.name") == t}) > 1}
+    out = []
+    for path in sorted((sweep_dir / "runs").glob("*/analysis/analysis.json")):
+        run = path.parent.parent.name
+        data = json.loads(path.read_text())
+        row = by_run.get(run, {})
+        bvc = data.get("base_vs_coprocessor") or {}
+        label = " ".join([method_label(row), *(f"{k}={identity_value(row, k)}" for k in axes)]) if row else data.get("method")
+        out.append({
+            "run": run, "label": label, "N_L": latent_budget(row) if row else None,
+            "setting": _setting(row, tasks_varying) if row else "?", "accuracy": row.get("accuracy"),
+            "n_slots": data.get("n_slots"), "skipped": data.get("skipped"),
+            "cross_capture_mean_off_diagonal": data.get("cross_capture_mean_off_diagonal"),
+            "slot_silhouette": data.get("slot_silhouette"), "effective_rank": data.get("effective_rank"),
+            "cka_slots_mean_off_diagonal": data.get("cka_slots_mean_off_diagonal"),
+            "principal_angle_mean_deg": bvc.get("principal_angle_mean_deg"), "cka_base_coprocessor": bvc.get("cka"),
+        })
+    return out
+
+
+def _aggregate_analyses(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[float]] = {}
+    for a in analyses:
+        if a.get("cross_capture_mean_off_diagonal") is not None:
+            groups.setdefault((a["setting"], a["label"], a["N_L"]), []).append(a["cross_capture_mean_off_diagonal"])
+    return [{"setting": s, "label": label, "N_L": n, "cross_capture_mean_off_diagonal": statistics.fmean(v)} for (s, label, n), v in groups.items()]
+
+
+def _plot_cross_capture(rows: list[dict[str, Any]], path: Path, setting: str) -> Path:
+    from latentreason.analysis.plots import plot_lines
+
+    return plot_lines([{"N_L": r["N_L"], "mean off-diagonal H": r["cross_capture_mean_off_diagonal"], "method": r["label"]} for r in rows],
+                      "N_L", "mean off-diagonal H", "method", path, f"{setting}: cross-capture (mean over seeds)")
+
+
+def _analysis_table(analyses: list[dict[str, Any]]) -> str:
+    header = ["run", "method", "N_L", "accuracy", "slots", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots", "angle base/cop (deg)", "CKA base/cop"]
+    cells = []
+    for a in analyses:
+        first = [a["run"], str(a["label"]), str(a["N_L"]), _fmt(a["accuracy"], ".3f")]
+        if a.get("skipped"):
+            cells.append(dict(zip(header, [*first, "0", "no latents"])))
+            continue
+        cells.append(dict(zip(header, [
+            *first, str(a["n_slots"]),
+            _fmt(a["cross_capture_mean_off_diagonal"], ".3f"), _fmt(a["slot_silhouette"], ".3f"), _fmt(a["effective_rank"], ".2f"),
+            _fmt(a["cka_slots_mean_off_diagonal"], ".3f"), _fmt(a["principal_angle_mean_deg"], ".1f"), _fmt(a["cka_base_coprocessor"], ".3f"),
+        ])))
+    return markdown_table(cells, header)
+
+
+ANALYSIS_SUMMARY_KEYS = ("accuracy", "cross_capture_mean_off_diagonal", "slot_silhouette", "effective_rank",
+                         "cka_slots_mean_off_diagonal", "principal_angle_mean_deg", "cka_base_coprocessor")
+
+
+def _analysis_summary_table(analyses: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for a in analyses:
+        if not a.get("skipped"):
+            groups.setdefault((a["setting"], str(a["label"]), a["N_L"] if a["N_L"] is not None else -1), []).append(a)
+    header = ["setting", "method", "N_L", "runs", "accuracy", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots",
+              "angle base/cop (deg)", "CKA base/cop"]
+    cells = []
+    for (setting, label, n_latents), members in sorted(groups.items()):
+        means = []
+        for key in ANALYSIS_SUMMARY_KEYS:
+            values = [m[key] for m in members if m.get(key) is not None]
+            digits = ".1f" if key == "principal_angle_mean_deg" else ".2f" if key == "effective_rank" else ".3f"
+            means.append(format(statistics.fmean(values), digits) if values else "")
+        cells.append(dict(zip(header, [setting, label, str(n_latents), str(len(members)), *means])))
+    return markdown_table(cells, header)

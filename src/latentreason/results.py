@@ -1,0 +1,278 @@
+"""A sweep's finished cells as rows, grouped into configurations: means and CIs over seeds, paired gains.
+
+    rows = collect(sweep_dir)      # one flat dict per finished cell: {"run", "method.name", ..., "accuracy", ...}
+    table = aggregate(rows)        # one entry per configuration, mean and 95% CI over its seeds
+    gains = paired_gains(rows)     # per configuration: accuracy minus that of the run it started from
+
+A configuration is every config axis the sweep varies except the seeds (`configuration_axes`): two cells that
+differ only in train.lr are two configurations, never two seeds of one. What the methods mean (label, N_L,
+which keys identify them) is asked of the method class (`method_config`, `method_label`, `latent_budget`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from latentreason.config import MethodConfig, from_dict, read_yaml
+from latentreason.tables import markdown_table
+
+SEED_KEYS = ("train.seed",)
+"""What replicates a configuration: cells that differ only here are seeds of one configuration."""
+SEED_FOLLOWING_KEYS = ("task.seed", "train.init_from")
+"""Keys a sweep may vary together with the seed: the data seed (each training seed with its own data) and the
+run a cell starts from (seed s starts from the seed-s No-CoT run). Counted as seeds when they vary only with
+the seed (`_follows_seed`), as configuration axes otherwise (e.g. the same seed started from cot and no_cot)."""
+NOT_AXES = ("run", "out_dir")
+"""Per-cell names, never a configuration."""
+STANDARD_KEYS = ("task.name", "task.branching", "method.name", "method.n_latents")
+"""Always in an aggregated entry (the report's setting, method and N_L come from them)."""
+COST_KEYS = ("flops_per_answer", "forward_passes_per_answer", "latent_slots_per_answer", "seconds_per_answer",
+             "generated_tokens_per_answer", "mean_loops",
+             "chance_accuracy", "shortcut_ceiling")  # the last two: no-reasoning reference points of the eval set
+"""Per-cell numbers averaged over a configuration's seeds."""
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, prefix + key + ".")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished cell: its config (flattened) and its eval summary."""
+    rows = []
+    for run_dir in sorted((Path(sweep_dir) / "runs").glob("*")):
+        if not (run_dir / "eval.json").exists() or not (run_dir / "config.yaml").exists():
+            continue
+        config = flatten(read_yaml(run_dir / "config.yaml"))
+        summary = json.loads((run_dir / "eval.json").read_text())
+        done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
+        rows.append({"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")})
+    return rows
+
+
+# ----------------------------------------------------------------------------- what the method says
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` restricted to the fields of dataclass `cls` (recursively): rows of older runs may carry
+    options that have since moved or gone, which must not stop their report."""
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            continue
+        sub = known[key].default_factory() if callable(known[key].default_factory) else None
+        out[key] = _known_fields(type(sub), value) if is_dataclass(sub) and isinstance(value, dict) else value
+    return out
+
+
+def method_config(row: dict[str, Any]) -> MethodConfig:
+    """The MethodConfig of a flat row (its "method.*" keys; missing ones take their defaults)."""
+    tree: dict[str, Any] = {}
+    for key, value in row.items():
+        if key.startswith("method.") and value is not None:
+            node = tree
+            *parents, leaf = key.split(".")[1:]
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return from_dict(MethodConfig, _known_fields(MethodConfig, tree), prefix="method.")
+
+
+def _method_class(row: dict[str, Any]):
+    from latentreason.methods import method_class  # imports the method modules (torch): only when asked
+
+    return method_class(str(row.get("method.name")))
+
+
+def method_label(row: dict[str, Any]) -> str:
+    """Name of the row's configuration in tables and plots (the method's `label`, e.g. coprocessor-h1)."""
+    return _method_class(row).label(method_config(row))
+
+
+def latent_budget(row: dict[str, Any]) -> int:
+    """N_L of the row's configuration (the method's `latent_budget`; looped: loops - 1)."""
+    return int(_method_class(row).latent_budget(method_config(row)))
+
+
+def is_reference(row: dict[str, Any]) -> bool:
+    """A no-latent reference baseline (drawn as a dashed line in accuracy-vs-N_L plots)."""
+    return bool(_method_class(row).reference_baseline)
+
+
+def method_specific_keys() -> set[str]:
+    """Config keys some method owns (its `identifying_keys`); for the other methods they are noise."""
+    from latentreason.methods import METHODS, method_class
+
+    return {key for name in METHODS for key in method_class(name).identifying_keys}
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _follows_seed(rows: list[dict[str, Any]], key: str, others: list[str], specific: set[str]) -> bool:
+    """True when rows that agree on the seed and on every other axis never differ in `key`: it varies only
+    because the seed does."""
+    seen: dict[tuple, Any] = {}
+    for row in rows:
+        where = tuple(identity_value(row, k, specific) for k in (*SEED_KEYS, *others))
+        if seen.setdefault(where, _hashable(row.get(key))) != _hashable(row.get(key)):
+            return False
+    return True
+
+
+def configuration_axes(rows: list[dict[str, Any]]) -> list[str]:
+    """Every config key (dotted, from config.yaml) whose value differs across `rows`, except the seeds.
+
+    SEED_FOLLOWING_KEYS count as seeds when they vary only with the seed. Standard keys come first, then the
+    others in the order the rows have them.
+    """
+    keys: list[str] = list(STANDARD_KEYS)
+    for row in rows:
+        keys += [k for k in row if "." in k and k not in keys]
+    specific = method_specific_keys()
+    varied = [k for k in keys if k not in SEED_KEYS and k not in NOT_AXES
+              and len({identity_value(row, k, specific) for row in rows}) > 1]
+    others = [k for k in varied if k not in SEED_FOLLOWING_KEYS]
+    seed_like = {k for k in varied if k in SEED_FOLLOWING_KEYS and _follows_seed(rows, k, others, specific)}
+    return list(dict.fromkeys([*STANDARD_KEYS, *(k for k in varied if k not in seed_like)]))
+
+
+def identity_value(row: dict[str, Any], key: str, specific: set[str] | None = None) -> Any:
+    """The value of `key` that tells the row's configuration apart: None for a method-specific key that the
+    row's method does not own (its default is noise)."""
+    specific = method_specific_keys() if specific is None else specific
+    if key in specific and key not in _method_class(row).identifying_keys:
+        return None
+    return _hashable(row.get(key))
+
+
+def group_rows(rows: list[dict[str, Any]], axes: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows grouped by their identity on `axes` (first-seen order); each group is one configuration."""
+    specific = method_specific_keys()
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(identity_value(row, k, specific) for k in axes), []).append(row)
+    return groups
+
+
+def named_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `rows` whose `train.init_from` names the label of the run it starts from when that run is a
+    cell of the sweep ("no_cot" rather than .../runs/no_cot_seed-0), so that a start is compared by what it
+    is, not by its per-seed directory."""
+    by_run = {row["run"]: row for row in rows if "run" in row}
+    out = []
+    for row in rows:
+        start = by_run.get(Path(str(row.get("train.init_from"))).name) if row.get("train.init_from") else None
+        out.append(row if start is None else dict(row, **{"train.init_from": method_label(start)}))
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def t_critical_95(dof: int) -> float:
+    """Two-sided 95% Student-t critical values (small tables beat a scipy import here)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    return table.get(dof, 1.96)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its two-sided 95% Student-t interval (None for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, t_critical_95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and 95% CI over seeds of each configuration (`configuration_axes`); costs averaged."""
+    rows = named_starts(rows)
+    axes = configuration_axes(rows)
+    table = []
+    for key, members in group_rows(rows, axes).items():
+        mean, half = mean_ci95([m["accuracy"] for m in members])
+        if half is None:  # one seed: fall back to the binomial (Wilson) interval of that run
+            low, high = members[0]["accuracy_ci95"]
+            half = (high - low) / 2
+        entry = dict(zip(axes, key))
+        entry |= {
+            "seeds": len(members),
+            "accuracy_mean": mean,
+            "accuracy_ci95_half": half,  # half-width; a per-run accuracy_ci95 is an interval
+            "params_total": members[0].get("params_total"),
+            "params_trainable": members[0].get("params_trainable"),
+        }
+        for cost in COST_KEYS:
+            values = [m[cost] for m in members if m.get(cost) is not None]
+            entry[cost] = statistics.fmean(values) if values else None
+        table.append(entry | _method_facts(members[0]))
+    return table
+
+
+def _method_facts(row: dict[str, Any]) -> dict[str, Any]:
+    """The method keys label / N_L read, kept beside an entry (also where they are not axes)."""
+    return {k: row.get(k) for k in ("method.name", *sorted(_method_class(row).identifying_keys)) if k in row}
+
+
+def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy gain of every cell over the run it was initialised from (`train.init_from`, same seed and
+    eval set), aggregated per configuration: mean gain with a Student-t 95% CI over seeds, and how many
+    seeds got better / equal / worse. Pairing by seed removes the seed-to-seed spread of the shared start,
+    so this answers "did the latent method improve on its own starting point" more sharply than comparing
+    two means with overlapping CIs. Cells whose start is not a finished run of this sweep are left out."""
+    by_run = {row["run"]: row for row in rows}
+    named = named_starts(rows)
+    axes = configuration_axes(named)
+    start_of = {id(n): by_run[Path(row["train.init_from"]).name] for row, n in zip(rows, named)
+                if row.get("train.init_from") and Path(row["train.init_from"]).name in by_run}
+    out = []
+    for key, members in group_rows([n for n in named if id(n) in start_of], axes).items():
+        starts = [start_of[id(row)] for row in members]
+        gains = [row["accuracy"] - start["accuracy"] for row, start in zip(members, starts)]
+        mean, half = mean_ci95(gains)
+        out.append(dict(zip(axes, key)) | _method_facts(members[0]) | {
+            "start": method_label(starts[0]), "seeds": len(gains), "gain_mean": mean, "gain_ci95_half": half,
+            "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
+        })
+    return out
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """cells.json (every finished cell), table.json / table.csv / table.md (one row per configuration)."""
+    table = aggregate(rows)
+    (out / "cells.json").write_text(json.dumps(rows, indent=1, default=str))
+    (out / "table.json").write_text(json.dumps(table, indent=1))
+    if table:
+        with open(out / "table.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+            writer.writeheader()
+            writer.writerows(table)
+    axes = list(dict.fromkeys(k for r in table for k in r if "." in k))
+    shown = [c for c in [*axes, "seeds", "accuracy_mean", "accuracy_ci95_half", "chance_accuracy", "shortcut_ceiling", "params_total",
+                         "params_trainable", "flops_per_answer", "forward_passes_per_answer", "seconds_per_answer", "mean_loops"]
+             if any(r.get(c) is not None for r in table)]
+    # Columns that never vary in this sweep are noise in the table.
+    shown = [c for c in shown if c in ("accuracy_mean", "accuracy_ci95_half", "seeds", "chance_accuracy", "shortcut_ceiling")
+             or len({str(r.get(c)) for r in table}) > 1 or c == "method.name"]
+    (out / "table.md").write_text(markdown_table(table, shown) + "\n")
+    return table
