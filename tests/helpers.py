@@ -38,3 +38,29 @@ def resume_matches_uninterrupted(straight, resumed, stop_after: int = 5, train=N
     losses = [[json.loads(x)["loss"] for x in open(Path(cfg.out_dir) / "metrics.jsonl")] for cfg in (straight, resumed)]
     assert losses[0] == losses[1]
     return losses[0]
+
+
+COPROCESSOR_CORPUS = ["Every wumpus is a yumpus. Is Alex a yumpus?", "12 + 3 = 15", "### True", "### 15", "Alex is a wumpus."] * 4
+"""Tokenizer corpus of the tiny Base + Coprocessor tests."""
+
+
+def tiny_coprocessor(backbone: str = "gpt2-tiny", variant: str = "liu", n_latents: int = 3, sharpen: bool = True, **cc):
+    """A tiny Base + Coprocessor (2 layers x 32); `sharpen` scales weights up so logits are far from uniform
+    (then equalities between two computations mean something)."""
+    import torch
+
+    from latentreason.backbones import build_backbone
+    from latentreason.config import CoprocessorConfig, MethodConfig, ModelConfig
+    from latentreason.methods import build_method
+    from latentreason.methods.coprocessor import Coprocessor
+
+    torch.manual_seed(0)
+    bb = build_backbone(ModelConfig(backbone=backbone, n_layer=2, n_embd=32, n_head=2), corpus=COPROCESSOR_CORPUS)
+    if sharpen:
+        with torch.no_grad():
+            for p in bb.model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.3)
+    method = build_method(MethodConfig(name="coprocessor", n_latents=n_latents, coprocessor=CoprocessorConfig(variant=variant, **cc)), bb)
+    assert isinstance(method, Coprocessor)
+    return method

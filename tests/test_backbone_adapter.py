@@ -110,7 +110,7 @@ def test_lora_injected_model_keeps_its_parts():
 @pytest.mark.parametrize("variant", ["liu", "h1"])
 def test_base_side_states_come_from_the_coprocessor(variant):
     """capture.base_side_states asks the Coprocessor (no rebuilt passes): the Base's final-normed states
-    at the latent slots (liu) or at <eot> (h1), equal to running the three passes by hand."""
+    at the latent slots (liu) or at the re-fed last question token (h1), equal to running the three passes by hand."""
     bb = tiny("gpt2-tiny")
     method = build_method(MethodConfig(name="coprocessor", n_latents=3, coprocessor=CoprocessorConfig(variant=variant)), bb).eval()
     examples = encode_examples(bb.tokenizer, [Example("Every wumpus is a yumpus. Is Alex a yumpus?", [], "True"), Example("12 + 3 = ?", [], "15")])
@@ -119,11 +119,9 @@ def test_base_side_states_come_from_the_coprocessor(variant):
     assert states.shape == (2, 3 if variant == "liu" else 1, 32)
     with torch.no_grad():
         ids, mask = method.left_padded_prompts([e.question_ids for e in examples])
-        cache = method.question_cache(ids, mask)
-        z, coprocessor_cache = method.latents(cache, mask)
-        lead, lead_mask = method.lead_in(mask, cache, z, coprocessor_cache)
-        positions = positions_from_mask(lead_mask)[:, -lead.shape[1]:]
-        by_hand = lm_forward(method.model, lead, lead_mask, positions, cache, output_hidden_states=True).hidden_states[-1]
+        read, _ = method.passes(ids, mask)  # the neutral start's lead-in: latents (liu) and the re-fed last question token
+        by_hand = lm_forward(method.model, read.embeds, read.mask, read.positions, read.cache, output_hidden_states=True).hidden_states[-1]
+        by_hand = by_hand[:, :3] if variant == "liu" else by_hand
     torch.testing.assert_close(states, by_hand.float(), rtol=1e-4, atol=1e-5)
 
 

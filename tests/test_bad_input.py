@@ -81,6 +81,10 @@ CASES = [
     ("task_params_for_gsm8k", ["train", "task.name=gsm8k", "task.params.hops=2"], {}, 2, "its generator takes no parameters"),
     # ---- the config file itself
     ("empty_config_yaml", ["train", "empty.yaml"], {"empty.yaml": ""}, 2, "empty.yaml: empty config file"),
+    ("sweep_grid_as_list", ["sweep", "s.yaml"], {"s.yaml": "out_dir: out\ngrid:\n  - train.lr: [0.001]\n"}, 2,
+     "s.yaml: grid: expected a mapping of config keys"),
+    ("sweep_groups_as_mapping", ["sweep", "s.yaml"], {"s.yaml": "out_dir: out\ngroups: {method.name: [cot]}\n"}, 2,
+     "s.yaml: groups: expected a list of mappings"),
     ("config_is_a_directory", ["train", "confdir"], {"confdir": None}, 2, "confdir: is a directory"),
     ("config_not_utf8", ["train", "latin1.yaml"], {"latin1.yaml": "train:\n  lr: 0.001 # caf\xe9\n".encode("latin-1")}, 2, "latin1.yaml: not UTF-8"),
     ("config_value_in_yaml", ["train", "bad.yaml"], {"bad.yaml": "train:\n  batch_size: 0\n"}, 2, "bad.yaml:2: config key 'train.batch_size'"),

@@ -139,11 +139,46 @@ def test_curriculum_layouts() -> None:
     assert positions.tolist() == list(range(len(positions)))
 
 
+def test_after_the_last_stage_every_step_is_removed() -> None:
+    """As in the reference: stages 0..max keep steps[s:] as text; from max + 1 on (and at evaluation) none."""
+    method, encoded = make("gpt2-tiny", max_latent_stage=2, thoughts_per_step=2)
+    bot, eot, lat = method.ids["<bot>"], method.ids["<eot>"], method.ids["<latent>"]
+    e = encoded[2]  # four steps, more than the last stage replaces
+    flat = lambda steps: [t for s in steps for t in s]  # noqa: E731
+    for epoch, (stage, text_steps) in enumerate([(0, e.step_ids), (1, e.step_ids[1:]), (2, e.step_ids[2:]), (3, []), (3, [])]):
+        method.set_epoch(epoch)
+        assert method.stage == stage
+        batch = method.collate([e])
+        assert unpadded(batch, 0) == e.question_ids + [bot] + [lat] * 2 * min(stage, 2) + [eot] + flat(text_steps) + e.answer_ids
+        assert batch["labels"][0][batch["labels"][0] != -100].tolist() == flat(text_steps) + e.answer_ids
+    # Every example at the final stage: min(#steps, max) * c latents, the answer right after <eot>.
+    assert [method.plan(x, 3) for x in encoded] == [Plan(4, 2), Plan(2, 1), Plan(4, 4), Plan(4, 3)]
+    padded, _ = make("gpt2-tiny", max_latent_stage=2, thoughts_per_step=2, pad_latent_to_max=True)
+    assert [padded.plan(x, 3) for x in encoded] == [Plan(4, 2), Plan(4, 1), Plan(4, 4), Plan(4, 3)]
+
+
+def test_generation_prompt_is_the_final_stage_training_prefix() -> None:
+    """What generation feeds (question <bot> latents <eot>) is what the last stage trained on, and the
+    training target after it is the answer alone: the model is never asked for steps it was not taught."""
+    method, encoded = make("gpt2-tiny", max_latent_stage=2)
+    method.set_epoch(100)
+    train_batch = method.collate(encoded)
+    prompt, plans = method.prompt_batch(encoded)
+    assert plans == [method.plan(x, 3) for x in encoded]
+    for row, example in enumerate(encoded):
+        trained = unpadded(train_batch, row)
+        assert trained == unpadded(prompt, row) + example.answer_ids
+    with torch.no_grad():
+        generation = method.generate(encoded, max_new_tokens=4)
+    assert generation.latent_slots == [min(2, len(x.step_ids)) for x in encoded]
+
+
 def test_set_epoch_returns_true_exactly_at_stage_changes() -> None:
     method, _ = make("gpt2-tiny", max_latent_stage=2, epochs_per_stage=2)
-    changes = [method.set_epoch(epoch) for epoch in range(8)]
-    assert changes == [False, False, True, False, True, False, False, False]
-    assert method.stage == 2
+    changes = [method.set_epoch(epoch) for epoch in range(10)]
+    # Stages 0, 0, 1, 1, 2, 2, then the final stage 3 (every step removed) from epoch 6 on.
+    assert changes == [False, False, True, False, True, False, True, False, False, False]
+    assert method.stage == 3
     method.set_epoch(3)  # resuming in the middle of the curriculum decides from the epoch alone
     assert method.stage == 1 and method.set_epoch(4) is True
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from latentreason.backbones import build_backbone, lm_forward, new_cache
+from helpers import COPROCESSOR_CORPUS, tiny_coprocessor
+from latentreason.backbones import lm_forward, new_cache
 from latentreason.checkpoint import load_run_weights
-from latentreason.config import CoprocessorConfig, MethodConfig, ModelConfig, load_config
-from latentreason.methods import build_method
+from latentreason.config import load_config
 from latentreason.methods.coprocessor import Coprocessor
 from latentreason.methods.coprocessor_pretrain import (
     no_latent_loss,
@@ -22,7 +22,7 @@ from latentreason.pretraining import pretrain_coprocessor
 from latentreason.tasks.base import Example
 from latentreason.tokenization import encode_examples
 
-CORPUS = ["Every wumpus is a yumpus. Is Alex a yumpus?", "12 + 3 = 15", "### True", "### 15", "Alex is a wumpus."] * 4
+CORPUS = COPROCESSOR_CORPUS
 EXAMPLES = [
     Example("Every wumpus is a yumpus. Is Alex a yumpus?", [], "True"),
     Example("12 + 3 = ?", [], "15"),
@@ -30,18 +30,7 @@ EXAMPLES = [
 ]
 
 
-def make(backbone: str = "gpt2-tiny", variant: str = "liu", n_latents: int = 3, sharpen: bool = True, **cc) -> Coprocessor:
-    """A tiny method; `sharpen` scales weights up so logits are far from uniform (equalities mean something)."""
-    torch.manual_seed(0)
-    bb = build_backbone(ModelConfig(backbone=backbone, n_layer=2, n_embd=32, n_head=2), corpus=CORPUS)
-    if sharpen:
-        with torch.no_grad():
-            for p in bb.model.parameters():
-                if p.dim() > 1:
-                    p.normal_(0.0, 0.3)
-    method = build_method(MethodConfig(name="coprocessor", n_latents=n_latents, coprocessor=CoprocessorConfig(variant=variant, **cc)), bb)
-    assert isinstance(method, Coprocessor)
-    return method
+make = tiny_coprocessor
 
 
 def encoded(method: Coprocessor):
@@ -127,6 +116,8 @@ def test_h2_lora_trains_adapters_only_on_the_base():
 
 @pytest.mark.parametrize("backbone", ["gpt2-tiny", "qwen3-tiny"])
 def test_h1_equals_hand_built_cache(backbone):
+    """The neutral-start read-out by hand: the Base's question K/V minus the last token, the Coprocessor's K/V
+    at the latent slots, then the last question token re-fed at its own position and the answer after it."""
     method = make(backbone, "h1")
     example = encoded(method)[0]
     q = torch.tensor([example.question_ids])
@@ -140,15 +131,14 @@ def test_h1_equals_hand_built_cache(backbone):
         for i, layer in enumerate(base_cache.layers):
             copro_cache.update(layer.keys.clone(), layer.values.clone(), i)
         lm_forward(method.coprocessor, method.soft_tokens[None], torch.ones(1, qlen + n, dtype=torch.long), torch.arange(qlen, qlen + n)[None], copro_cache)
-        # Hand-made Base cache: per layer, question K/V then the Coprocessor's K/V at the latent slots.
+        # Hand-made Base cache: per layer, the question's K/V but the last token's, then the Coprocessor's K/V.
         hand = new_cache(method.model)
         for i, (b, c) in enumerate(zip(base_cache.layers, copro_cache.layers)):
-            hand.update(torch.cat([b.keys, c.keys[:, :, qlen:]], 2), torch.cat([b.values, c.values[:, :, qlen:]], 2), i)
-        eot = torch.tensor([[method.ids["<eot>"]]])
-        tokens = torch.cat([eot, answer], 1)
+            hand.update(torch.cat([b.keys[:, :, :-1], c.keys[:, :, qlen:]], 2), torch.cat([b.values[:, :, :-1], c.values[:, :, qlen:]], 2), i)
+        tokens = torch.cat([q[:, -1:], answer], 1)  # the last question token, at position qlen - 1, then the answer
         length = tokens.shape[1]
-        expected = lm_forward(method.model, method.embed(tokens), torch.ones(1, qlen + n + length, dtype=torch.long),
-                              torch.arange(qlen + n, qlen + n + length)[None], hand).logits[:, : answer.shape[1]]
+        expected = lm_forward(method.model, method.embed(tokens), torch.ones(1, qlen - 1 + n + length, dtype=torch.long),
+                              torch.arange(qlen - 1, qlen - 1 + length)[None], hand).logits[:, : answer.shape[1]]
         actual = method.answer_logits(method.collate([example]))
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
     assert expected.std() > 0.1  # sharpened: logits are far from uniform
@@ -166,17 +156,21 @@ def slow_greedy(method: Coprocessor, example, max_new_tokens: int) -> list[int]:
     out: list[int] = []
     for _ in range(max_new_tokens):
         generated = method.embed(torch.tensor([out], dtype=torch.long).view(1, -1))
+        # Positions: the question but its last token, the latents at qlen.., the last token again at qlen - 1,
+        # then the answer at qlen, qlen + 1, ... (the positions the Base had without latents).
+        answer_positions = torch.arange(qlen - 1, qlen + len(out))
         if method.injection == "embeddings":
-            embeds = torch.cat([method.embed(q), z, generated], 1)  # the Base recomputes its question K/V too
-            logits = lm_forward(method.model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), torch.arange(embeds.shape[1])[None]).logits
+            embeds = torch.cat([method.embed(q[:, :-1]), z, method.embed(q[:, -1:]), generated], 1)  # the Base recomputes its question K/V too
+            positions = torch.cat([torch.arange(qlen - 1), torch.arange(qlen, qlen + n), answer_positions])[None]
+            logits = lm_forward(method.model, embeds, torch.ones(1, embeds.shape[1], dtype=torch.long), positions).logits
         else:
             hand = new_cache(method.model)
             for i, (b, c) in enumerate(zip(cache.layers, copro_cache.layers)):
-                hand.update(b.keys, b.values, i)
+                hand.update(b.keys[:, :, :-1], b.values[:, :, :-1], i)
                 hand.update(c.keys[:, :, qlen:], c.values[:, :, qlen:], i)
-            embeds = torch.cat([method.embed(torch.tensor([[method.ids["<eot>"]]])), generated], 1)
+            embeds = torch.cat([method.embed(q[:, -1:]), generated], 1)
             length = embeds.shape[1]
-            logits = lm_forward(method.model, embeds, torch.ones(1, qlen + n + length, dtype=torch.long), torch.arange(qlen + n, qlen + n + length)[None], hand).logits
+            logits = lm_forward(method.model, embeds, torch.ones(1, qlen - 1 + n + length, dtype=torch.long), answer_positions[None], hand).logits
         token = int(logits[0, -1].argmax())
         if token == method.ids["eos"]:
             break

@@ -111,13 +111,14 @@ def test_coprocessor_counts_three_passes_then_decode(variant, lora_rank):
     for e, passes, flops in zip(examples, generation.forward_passes, generation.flops):
         q, calls = len(e.question_ids), passes - 3
         base_and_coprocessor = forward_flops(dims, q, 0, 0) + forward_flops(cdims, n, q, 0)
-        if method.injection == "embeddings":  # the Base reads the N_L latents
-            lead_in, context = forward_flops(dims, n, q, 1), q + n
-        else:  # the Base reads <eot> after the latents' K/V
-            lead_in, context = forward_flops(dims, 1, q + n, 1), q + n + 1
+        # Neutral start: the Base's cache keeps the question but its last token, which is re-fed after the latents.
+        if method.injection == "embeddings":  # the Base reads the N_L latents, then the last question token
+            lead_in, context = forward_flops(dims, n + 1, q - 1, 1), q + n
+        else:  # the Base reads the last question token after the latents' K/V
+            lead_in, context = forward_flops(dims, 1, q - 1 + n, 1), q + n
         assert flops == base_and_coprocessor + lead_in + decode_flops(dims, context, calls)
         # The training-step count the benchmarks use: the same passes, teacher-forcing 4 answer tokens.
-        lead = n if method.injection == "embeddings" else 1
+        lead = n + 1 if method.injection == "embeddings" else 1
         assert method.three_pass_flops(q, 4, lead + 4) == base_and_coprocessor + forward_flops(dims, lead + 4, context - lead, lead + 4)
 
 

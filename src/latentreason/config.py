@@ -83,6 +83,12 @@ class TaskConfig:
     the stream's definition: another value gives other examples."""
     stream_prefetch: bool = True
     """Streaming: generate the next chunk in a worker process while training reads the current one."""
+    stream_curriculum: list[dict[str, Any]] = field(default_factory=list)
+    """Streaming: a curriculum over generator parameters, e.g. `[{examples: 64000, params: {n_nodes: 4,
+    max_depth: 1}}, ...]`: the stream's first `examples` examples are generated with that entry's params
+    (over `task.params`), the next ones with the next entry's, and after the last entry with `task.params`,
+    which the eval split always uses. Counted in stream examples (rounded to whole chunks), so it is
+    independent of batch size and process count, and a resumed run reads the same examples."""
 
 
 @dataclass
@@ -276,14 +282,29 @@ def check_generator_params(task: TaskConfig) -> None:
 
     from latentreason.tasks import get_task  # light: no torch
 
-    if not task.params or (task.train_path and task.eval_path):
+    for index, phase in enumerate(task.stream_curriculum):
+        where = f"config key 'task.stream_curriculum[{index}]"
+        if not isinstance(phase, dict) or set(phase) - {"examples", "params"} or "examples" not in phase:
+            raise UserInputError(f"{where}': expected a mapping {{examples: N, params: {{...}}}}, got {phase!r}")
+        examples = phase["examples"]
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise UserInputError(f"{where}.examples': expected an integer >= 1, got {examples!r}")
+        if not isinstance(phase.get("params") or {}, dict):
+            raise UserInputError(f"{where}.params': expected a mapping of generator parameters, got {phase['params']!r}")
+    if task.stream_curriculum and task.train_path:
+        raise UserInputError("config key 'task.stream_curriculum': needs generated training data (task.train_path is set)")
+    phases = [(f"task.stream_curriculum[{i}].params", phase.get("params") or {}) for i, phase in enumerate(task.stream_curriculum)]
+    if task.train_path and task.eval_path:
+        phases = []
+    if not task.params and not phases:
         return
     parameters = inspect.signature(get_task(task.name).iter_generate).parameters.values()
     accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    for key in task.params:
-        if key not in accepted:
-            expected = f"one of {accepted}" if accepted else "none (its generator takes no parameters)"
-            raise UserInputError(f"config key 'task.params.{key}': unknown {task.name} generator parameter {key!r}; expected {expected}")
+    for prefix, params in [("task.params", task.params), *phases]:
+        for key in params:
+            if key not in accepted:
+                expected = f"one of {accepted}" if accepted else "none (its generator takes no parameters)"
+                raise UserInputError(f"config key '{prefix}.{key}': unknown {task.name} generator parameter {key!r}; expected {expected}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

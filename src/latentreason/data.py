@@ -166,6 +166,12 @@ class ExampleStream:
         self.seed = cfg.seed
         self.chunk_size = cfg.stream_chunk_size
         self.params = generator_params(self.task, cfg, "train")
+        # Curriculum: (first example index past the phase, its params); chunks after the last use self.params.
+        self.phases: list[tuple[int, dict]] = []
+        end = 0
+        for phase in cfg.stream_curriculum:
+            end += int(phase["examples"])
+            self.phases.append((end, {**self.params, **(phase.get("params") or {})}))
         self.encode = encode
         self.prefetch = cfg.stream_prefetch if prefetch is None else prefetch
         self._chunks: dict[int, list] = {}
@@ -213,18 +219,24 @@ class ExampleStream:
             self.prefetch = False
             return self._generate(k)
 
+    def chunk_params(self, k: int) -> dict:
+        """Generator params of chunk k: the curriculum phase its first example falls in, else task.params."""
+        first = k * self.chunk_size
+        return next((params for end, params in self.phases if first < end), self.params)
+
     def _generate(self, k: int) -> list[Example]:
-        return _generate_chunk(self.task.name, self.chunk_size, stream_chunk_seed(self.seed, k), self.params)
+        return _generate_chunk(self.task.name, self.chunk_size, stream_chunk_seed(self.seed, k), self.chunk_params(k))
 
     def _start_prefetch(self, k: int) -> None:
-        path = _cache_path(self.task, STREAM_SPLIT, self.chunk_size, stream_chunk_seed(self.seed, k), self.params)
+        path = _cache_path(self.task, STREAM_SPLIT, self.chunk_size, stream_chunk_seed(self.seed, k), self.chunk_params(k))
         if path is not None and path.exists():
             return  # cached: reading it in-line is fast
         if self._executor is None:
             # spawn, not fork: the parent holds torch/OpenMP threads that a forked child may deadlock on
             self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
         try:
-            self._pending[k] = self._executor.submit(_generate_chunk, self.task.name, self.chunk_size, stream_chunk_seed(self.seed, k), self.params)
+            self._pending[k] = self._executor.submit(_generate_chunk, self.task.name, self.chunk_size, stream_chunk_seed(self.seed, k),
+                                                     self.chunk_params(k))
         except Exception as error:  # the worker died earlier: generate in-line from now on
             print(f"warning: stream prefetch worker failed ({type(error).__name__}: {error}); generating in-line", file=sys.stderr)
             self.close()

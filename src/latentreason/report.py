@@ -1,7 +1,8 @@
 """`latentreason report SWEEP_DIR`: SWEEP_DIR/report.md and SWEEP_DIR/plots/ from a sweep's finished cells.
 
 The report has the results table (one row per configuration, results.aggregate), the paired gain of every
-latent configuration over the run it started from (results.paired_gains), plots, and the latent analyses
+latent configuration over the run it started from (results.paired_gains) and over its matched no-latent control
+(results.control_gains), plots, and the latent analyses
 (analysis/runs.py) of the runs that have them. A configuration is named by its setting (task, plus
 branching where the sweep varies it), its method label and N_L; any other axis that the sweep varies and
 that those do not tell apart (train.lr, train.epochs, ...) gets a column of its own and joins the plot labels.
@@ -16,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.results import aggregate, collect, identity_value, is_reference, latent_budget, method_label, named_starts, paired_gains
+from latentreason.results import (
+    aggregate,
+    collect,
+    control_gains,
+    identity_value,
+    is_reference,
+    latent_budget,
+    method_label,
+    named_starts,
+    paired_gains,
+)
 from latentreason.tables import markdown_table
 
 
@@ -162,6 +173,16 @@ def write_report(sweep_dir: str | Path) -> str:
                   "counts seeds. A gain whose CI excludes 0 is a real improvement over the start; compare it with a "
                   "no-latent control trained for the same extra steps (e.g. soft_tokens N_L = 0) before crediting the latents.", ""]
         lines += [_gains_table(gains, branching_varies, axes), ""]
+    controls = control_gains(rows)
+    if controls:
+        _name_configurations(controls, branching_varies, axes)
+        lines += ["## Gain over the matched no-latent control (paired by seed)", "",
+                  "Accuracy of each latent configuration minus that of its control: the cell trained from the same start "
+                  "(`train.init_from`) with the same task, model, training and eval keys and the same seed, without latents "
+                  "(each method's `control_overrides`: Coconut -> CoT continued for the same epochs; soft tokens and the "
+                  "coprocessor -> N_L = 0; looped -> one loop). Mean over the paired seeds with a Student-t 95% CI. A "
+                  "configuration whose control is not a cell of this sweep says so and names the cell to add.", ""]
+        lines += [_control_gains_table(controls, branching_varies, axes), ""]
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path.relative_to(sweep_dir)})" for title, path in figures] + [""]
     if analyses:
@@ -170,7 +191,13 @@ def write_report(sweep_dir: str | Path) -> str:
                   "principal subspace (high off-diagonal mean = slots share one subspace, i.e. poorly specialised); "
                   "silhouette of latents labelled by slot (high = slots separable); effective rank of pooled latents; "
                   "mean linear CKA between slots; Base vs Coprocessor: mean principal angle (degrees) between their "
-                  "subspaces and CKA between Z and the Base-side states.", ""]
+                  "subspaces and CKA between Z and the Base-side states. Each number is followed by its nulls at the same "
+                  "n, d and rank (analysis/nulls.py; per run: mean [95% prediction interval] over the null draws): "
+                  "null_gauss = every slot Gaussian with its own covariance spectrum in random, independent directions "
+                  "(slots unrelated: a cross-capture this high arises by chance); null_subspace = random subspaces of "
+                  "the same rank; null_perm = slot labels shuffled within each example (for cross-capture: slots "
+                  "exchangeable, the fully shared end; for silhouette: the null, about 0; for CKA: examples shuffled). "
+                  "A cross-capture shows overlapping subspaces only where it clears null_gauss and null_subspace.", ""]
         if any(not a.get("skipped") for a in analyses):
             lines += ["Mean over seeds per configuration:", "", _analysis_summary_table(analyses), ""]
         lines += ["<details><summary>Every run</summary>", "", _analysis_table(analyses), "", "</details>", ""]
@@ -219,8 +246,46 @@ def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str], axes: 
     return markdown_table(cells, header)
 
 
+def _control_gains_table(gains: list[dict[str, Any]], branching_varies: set[str], axes: list[str] = ()) -> str:
+    header = ["task", "method", "N_L", *axes, "control", "seeds paired", "gain over control", "better / equal / worse"]
+    cells = []
+    for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, str(r.get("label")), r.get("N_L") or 0,
+                                            *(str(r.get(k)) for k in axes))):
+        first = [_setting(row, branching_varies), str(row.get("label", row.get("method.name"))), str(row.get("N_L", "")),
+                 *(str(row.get(k)) for k in axes)]
+        if row["control"] is None:
+            cells.append(dict(zip(header, [*first, f"no control in this sweep (add: {row['wanted']})", "0", "", ""])))
+            continue
+        ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
+        unpaired = f" ({row['unpaired']} without control)" if row["unpaired"] else ""
+        cells.append(dict(zip(header, [*first, row["control"], f"{row['seeds']}{unpaired}", f"{row['gain_mean']:+.3f}{ci}",
+                                       f"{row['better']} / {row['equal']} / {row['worse']}"])))
+    return markdown_table(cells, header)
+
+
+ANALYSIS_COLUMNS = (
+    ("cross-capture off-diag", "cross_capture_mean_off_diagonal", ".3f"),
+    ("null_gauss", "cross_capture_mean_off_diagonal/null_gauss", ".3f"),
+    ("null_subspace", "cross_capture_mean_off_diagonal/null_subspace", ".3f"),
+    ("null_perm", "cross_capture_mean_off_diagonal/null_perm", ".3f"),
+    ("silhouette", "slot_silhouette", ".3f"),
+    ("silhouette null_perm", "slot_silhouette/null_perm", ".3f"),
+    ("eff. rank", "effective_rank", ".2f"),
+    ("eff. rank null_gauss", "effective_rank/null_gauss", ".2f"),
+    ("CKA slots", "cka_slots_mean_off_diagonal", ".3f"),
+    ("CKA slots null_perm", "cka_slots_mean_off_diagonal/null_perm", ".3f"),
+    ("angle base/cop (deg)", "principal_angle_mean_deg", ".1f"),
+    ("angle null_subspace", "principal_angle_mean_deg/null_subspace", ".1f"),
+    ("CKA base/cop", "cka_base_coprocessor", ".3f"),
+    ("CKA base/cop null_perm", "cka_base_coprocessor/null_perm", ".3f"),
+)
+"""(header, key, format) of the latent-analysis tables; `metric/null_kind` keys hold that metric's null
+(analysis/nulls.py: mean, lo, hi of the null draws), printed right after the metric."""
+
+
 def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str] = ()) -> list[dict[str, Any]]:
-    """One summary per run that has analysis/analysis.json, with its configuration columns."""
+    """One summary per run that has analysis/analysis.json, with its configuration columns and its nulls
+    (`metric/null_kind` keys, see ANALYSIS_COLUMNS)."""
     by_run = {r["run"]: r for r in named_starts(rows)}
     tasks_varying = {t for t in {r.get("task.name") for r in rows} if len({r.get("task.branching") for r in rows if r.get("task.name") == t}) > 1}
     out = []
@@ -230,7 +295,7 @@ def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str] 
         row = by_run.get(run, {})
         bvc = data.get("base_vs_coprocessor") or {}
         label = " ".join([method_label(row), *(f"{k}={identity_value(row, k)}" for k in axes)]) if row else data.get("method")
-        out.append({
+        entry = {
             "run": run, "label": label, "N_L": latent_budget(row) if row else None,
             "setting": _setting(row, tasks_varying) if row else "?", "accuracy": row.get("accuracy"),
             "n_slots": data.get("n_slots"), "skipped": data.get("skipped"),
@@ -238,43 +303,73 @@ def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str] 
             "slot_silhouette": data.get("slot_silhouette"), "effective_rank": data.get("effective_rank"),
             "cka_slots_mean_off_diagonal": data.get("cka_slots_mean_off_diagonal"),
             "principal_angle_mean_deg": bvc.get("principal_angle_mean_deg"), "cka_base_coprocessor": bvc.get("cka"),
-        })
+        }
+        pair_nulls = bvc.get("nulls") or {}
+        nulls = {**(data.get("nulls") or {}), "principal_angle_mean_deg": pair_nulls.get("principal_angle_mean_deg") or {},
+                 "cka_base_coprocessor": pair_nulls.get("cka") or {}}
+        for metric, kinds in nulls.items():
+            for kind, null in (kinds or {}).items():
+                entry[f"{metric}/{kind}"] = null
+        out.append(entry)
     return out
 
 
+def _value(entry: dict[str, Any], key: str) -> float | None:
+    """A metric, or the mean of a null (`metric/kind` keys hold the null's summary dict)."""
+    value = entry.get(key)
+    return value.get("mean") if isinstance(value, dict) else value
+
+
 def _aggregate_analyses(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[float]] = {}
+    """Cross-capture and its null means, averaged over seeds per (setting, label, N_L)."""
+    keys = ("cross_capture_mean_off_diagonal", "cross_capture_mean_off_diagonal/null_gauss", "cross_capture_mean_off_diagonal/null_perm")
+    groups: dict[tuple, list[dict]] = {}
     for a in analyses:
         if a.get("cross_capture_mean_off_diagonal") is not None:
-            groups.setdefault((a["setting"], a["label"], a["N_L"]), []).append(a["cross_capture_mean_off_diagonal"])
-    return [{"setting": s, "label": label, "N_L": n, "cross_capture_mean_off_diagonal": statistics.fmean(v)} for (s, label, n), v in groups.items()]
+            groups.setdefault((a["setting"], a["label"], a["N_L"]), []).append(a)
+    out = []
+    for (setting, label, n_latents), members in groups.items():
+        means = {}
+        for key in keys:
+            values = [v for v in (_value(m, key) for m in members) if v is not None]
+            means[key] = statistics.fmean(values) if values else None
+        out.append({"setting": setting, "label": label, "N_L": n_latents, **means})
+    return out
 
 
 def _plot_cross_capture(rows: list[dict[str, Any]], path: Path, setting: str) -> Path:
+    """Mean off-diagonal H vs N_L per method, with its nulls in the same colour: dashed the matched-covariance
+    Gaussian (slots unrelated), dotted the slot permutation (slots exchangeable)."""
     from latentreason.analysis.plots import plot_lines
 
-    return plot_lines([{"N_L": r["N_L"], "mean off-diagonal H": r["cross_capture_mean_off_diagonal"], "method": r["label"]} for r in rows],
-                      "N_L", "mean off-diagonal H", "method", path, f"{setting}: cross-capture (mean over seeds)")
+    return plot_lines([{"N_L": r["N_L"], "mean off-diagonal H": r["cross_capture_mean_off_diagonal"], "method": r["label"],
+                        "null_gauss": r.get("cross_capture_mean_off_diagonal/null_gauss"),
+                        "null_perm": r.get("cross_capture_mean_off_diagonal/null_perm")} for r in rows],
+                      "N_L", "mean off-diagonal H", "method", path, f"{setting}: cross-capture (mean over seeds)",
+                      nulls={"null_gauss": "--", "null_perm": ":"})
+
+
+def _null_cell(entry: dict[str, Any], key: str, digits: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, dict):
+        return _fmt(value, digits)
+    if value.get("mean") is None:
+        return ""
+    if value.get("lo") is None:
+        return format(value["mean"], digits)
+    return f"{format(value['mean'], digits)} [{format(value['lo'], digits)}, {format(value['hi'], digits)}]"
 
 
 def _analysis_table(analyses: list[dict[str, Any]]) -> str:
-    header = ["run", "method", "N_L", "accuracy", "slots", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots", "angle base/cop (deg)", "CKA base/cop"]
+    header = ["run", "method", "N_L", "accuracy", "slots", *(h for h, _, _ in ANALYSIS_COLUMNS)]
     cells = []
     for a in analyses:
         first = [a["run"], str(a["label"]), str(a["N_L"]), _fmt(a["accuracy"], ".3f")]
         if a.get("skipped"):
             cells.append(dict(zip(header, [*first, "0", "no latents"])))
             continue
-        cells.append(dict(zip(header, [
-            *first, str(a["n_slots"]),
-            _fmt(a["cross_capture_mean_off_diagonal"], ".3f"), _fmt(a["slot_silhouette"], ".3f"), _fmt(a["effective_rank"], ".2f"),
-            _fmt(a["cka_slots_mean_off_diagonal"], ".3f"), _fmt(a["principal_angle_mean_deg"], ".1f"), _fmt(a["cka_base_coprocessor"], ".3f"),
-        ])))
+        cells.append(dict(zip(header, [*first, str(a["n_slots"]), *(_null_cell(a, key, digits) for _, key, digits in ANALYSIS_COLUMNS)])))
     return markdown_table(cells, header)
-
-
-ANALYSIS_SUMMARY_KEYS = ("accuracy", "cross_capture_mean_off_diagonal", "slot_silhouette", "effective_rank",
-                         "cka_slots_mean_off_diagonal", "principal_angle_mean_deg", "cka_base_coprocessor")
 
 
 def _analysis_summary_table(analyses: list[dict[str, Any]]) -> str:
@@ -282,14 +377,12 @@ def _analysis_summary_table(analyses: list[dict[str, Any]]) -> str:
     for a in analyses:
         if not a.get("skipped"):
             groups.setdefault((a["setting"], str(a["label"]), a["N_L"] if a["N_L"] is not None else -1), []).append(a)
-    header = ["setting", "method", "N_L", "runs", "accuracy", "cross-capture off-diag", "silhouette", "eff. rank", "CKA slots",
-              "angle base/cop (deg)", "CKA base/cop"]
+    header = ["setting", "method", "N_L", "runs", "accuracy", *(h for h, _, _ in ANALYSIS_COLUMNS)]
     cells = []
     for (setting, label, n_latents), members in sorted(groups.items()):
         means = []
-        for key in ANALYSIS_SUMMARY_KEYS:
-            values = [m[key] for m in members if m.get(key) is not None]
-            digits = ".1f" if key == "principal_angle_mean_deg" else ".2f" if key == "effective_rank" else ".3f"
+        for key, digits in [("accuracy", ".3f"), *((key, digits) for _, key, digits in ANALYSIS_COLUMNS)]:
+            values = [v for v in (_value(m, key) for m in members) if v is not None]
             means.append(format(statistics.fmean(values), digits) if values else "")
         cells.append(dict(zip(header, [setting, label, str(n_latents), str(len(members)), *means])))
     return markdown_table(cells, header)

@@ -3,6 +3,7 @@
     rows = collect(sweep_dir)      # one flat dict per finished cell: {"run", "method.name", ..., "accuracy", ...}
     table = aggregate(rows)        # one entry per configuration, mean and 95% CI over its seeds
     gains = paired_gains(rows)     # per configuration: accuracy minus that of the run it started from
+    controls = control_gains(rows) # per latent configuration: accuracy minus that of its matched no-latent control
 
 A configuration is every config axis the sweep varies except the seeds (`configuration_axes`): two cells that
 differ only in train.lr are two configurations, never two seeds of one. What the methods mean (label, N_L,
@@ -252,6 +253,87 @@ def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mean, half = mean_ci95(gains)
         out.append(dict(zip(axes, key)) | _method_facts(members[0]) | {
             "start": method_label(starts[0]), "seeds": len(gains), "gain_mean": mean, "gain_ci95_half": half,
+            "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
+        })
+    return out
+
+
+# ----------------------------------------------------------------------------- matched controls
+
+
+def control_overrides(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What turns the row's latent configuration into its no-latent control (the method's `control_overrides`,
+    e.g. coconut -> method.name=cot, soft_tokens -> method.n_latents=0); None when the row has no latents."""
+    return _method_class(row).control_overrides(method_config(row))
+
+
+def _config_value(config: Any, dotted: str) -> Any:
+    """`config.a.b` for the flat key "method.a.b" (defaults filled in, so old rows without a key still match)."""
+    for part in dotted.split(".")[1:]:
+        config = getattr(config, part, None)
+    return _hashable(config)
+
+
+def _method_identity(row: dict[str, Any]) -> tuple:
+    """A configuration as its own method tells it apart: name, label, N_L and the method's identifying keys
+    (a Coconut row turned into method.name=cot is the CoT configuration, whatever its coconut.* options say)."""
+    cls, config = _method_class(row), method_config(row)
+    return (cls.name, cls.label(config), cls.latent_budget(config), *(_config_value(config, k) for k in sorted(cls.identifying_keys)))
+
+
+def _start_run(row: dict[str, Any], runs: set[str]) -> Any:
+    """The run a cell starts from: its run name when it is a cell of the sweep, else the path as written."""
+    start = row.get("train.init_from")
+    if not start:
+        return None
+    return Path(str(start)).name if Path(str(start)).name in runs else str(start)
+
+
+def _describe(row: dict[str, Any]) -> str:
+    return method_label(row) if is_reference(row) else f"{method_label(row)} N_L={latent_budget(row)}"
+
+
+def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy gain of every latent configuration over its matched no-latent control, paired by seed.
+
+    The control of a cell is the finished cell that (a) is the cell's configuration with the method's
+    `control_overrides` applied, as the control's method identifies configurations (`_method_identity`),
+    (b) starts from the very same run (`train.init_from`), and (c) agrees on every other key the sweep
+    varies outside `method.*` (task, model, train: epochs, lr, ...; eval) and on the seed keys. So Coconut
+    N_L = 8 from seed 1's CoT run is compared with seed 1's CoT continued from that run for the same epochs,
+    soft tokens with the same soft-token configuration at N_L = 0. Identical duplicates: the first by run name.
+
+    One entry per latent configuration (configuration_axes, as in paired_gains): `control` (its description,
+    None when no cell of the sweep is one), `wanted` (the overrides, so a missing control can be added),
+    `seeds` paired, `unpaired` seeds without a control, and over the paired seeds the mean gain with its
+    Student-t 95% CI and the better / equal / worse counts (None when nothing is paired). A configuration is
+    never compared with anything but its own control."""
+    runs = {row["run"] for row in rows}
+    named = named_starts(rows)
+    axes = configuration_axes(named)
+    context = [k for k in dict.fromkeys([*axes, *SEED_KEYS, *SEED_FOLLOWING_KEYS])
+               if not k.startswith("method.") and k != "train.init_from"]
+
+    def identity(row: dict[str, Any]) -> tuple:
+        return tuple(_hashable(row.get(k)) for k in context), _start_run(row, runs), _method_identity(row)
+
+    candidates: dict[tuple, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["run"]):
+        if control_overrides(row) is None:
+            candidates.setdefault(identity(row), row)
+    original = {id(n): row for row, n in zip(rows, named)}
+    out = []
+    for key, members in group_rows([n for row, n in zip(rows, named) if control_overrides(row) is not None], axes).items():
+        overrides = control_overrides(original[id(members[0])])
+        pairs = [(row, candidates.get(identity(dict(row, **control_overrides(row)))))
+                 for row in (original[id(m)] for m in members)]
+        gains = [row["accuracy"] - control["accuracy"] for row, control in pairs if control is not None]
+        mean, half = mean_ci95(gains) if gains else (None, None)
+        controls = [control for _, control in pairs if control is not None]
+        out.append(dict(zip(axes, key)) | _method_facts(members[0]) | {
+            "control": _describe(controls[0]) if controls else None,
+            "wanted": ", ".join(f"{k}={v}" for k, v in overrides.items()),
+            "seeds": len(gains), "unpaired": len(pairs) - len(gains), "gain_mean": mean, "gain_ci95_half": half,
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
         })
     return out

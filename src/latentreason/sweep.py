@@ -64,13 +64,20 @@ def read_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
         raise UserInputError(f"unknown sweep key(s) {sorted(set(data) - known)}; expected {sorted(known)}", path=str(path))
     if "out_dir" not in data:
         raise UserInputError("sweep needs an out_dir", path=str(path))
-    for name in ("grid",):
-        for key, values in (data.get(name) or {}).items():
-            if not isinstance(values, list):
-                raise UserInputError(f"{name}.{key}: expected a list of values, got {values!r}", path=str(path))
+    for name in ("base", "grid"):
+        if not isinstance(data.get(name) or {}, dict):
+            raise UserInputError(f"{name}: expected a mapping of config keys (e.g. `{name}: {{train.lr: [0.001, 0.01]}}`), "
+                                 f"got {type(data[name]).__name__} {data[name]!r}", path=str(path))
+    for key, values in (data.get("grid") or {}).items():
+        if not isinstance(values, list):
+            raise UserInputError(f"grid.{key}: expected a list of values, got {values!r}", path=str(path))
+    groups = data.get("groups") or [{}]
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise UserInputError(f"groups: expected a list of mappings (e.g. `- {{method.name: [cot, no_cot]}}`), got {groups!r}",
+                             path=str(path))
     return SweepConfig(
         out_dir=str(data["out_dir"]), base=data.get("base") or {}, grid=data.get("grid") or {},
-        groups=data.get("groups") or [{}], analyze=bool(data.get("analyze", False)),
+        groups=groups, analyze=bool(data.get("analyze", False)),
     )
 
 

@@ -2,10 +2,11 @@
 
 Latents are arrays ``Z [n_examples, n_slots, d]``. See :mod:`.similarity` for the
 geometry metrics, :mod:`.logit_lens` for decoding latents through the LM head and
-:mod:`.plots` for figures.
+:mod:`.plots` for figures and :mod:`.nulls` for the null value of every metric at the data's n, d and rank.
 """
 
 from latentreason.analysis.logit_lens import find_final_norm_and_head, logit_lens
+from latentreason.analysis.nulls import latent_nulls, null_interval, pair_nulls
 from latentreason.analysis.plots import plot_heatmap, plot_lines, plot_logit_lens
 from latentreason.analysis.similarity import (
     captured_variance,
@@ -17,6 +18,7 @@ from latentreason.analysis.similarity import (
     principal_angles_between_bases,
     principal_subspace,
     silhouette,
+    silhouette_labelings,
     slot_silhouette,
     summarize_latents,
 )
@@ -26,9 +28,12 @@ __all__ = [
     "cross_capture",
     "effective_rank",
     "find_final_norm_and_head",
+    "latent_nulls",
     "linear_cka",
     "logit_lens",
     "mean_off_diagonal",
+    "null_interval",
+    "pair_nulls",
     "plot_heatmap",
     "plot_lines",
     "plot_logit_lens",
@@ -36,6 +41,7 @@ __all__ = [
     "principal_angles_between_bases",
     "principal_subspace",
     "silhouette",
+    "silhouette_labelings",
     "slot_silhouette",
     "summarize_latents",
 ]

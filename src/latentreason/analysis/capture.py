@@ -4,9 +4,12 @@
     z = collect_latents(run.method, run.eval_set, 64)      # [n, N_L, d] from method.trace
     b = base_side_states(run.method, run.eval_set, 64)     # [n, L, d] for Base + Coprocessor methods
 
-What a method's latents are is the method's own `trace()`: soft_tokens' last-layer states at the soft slots,
-Coconut's continuous thoughts, the Coprocessor's Z, the looped model's per-loop states at the last
-question position (one "slot" per loop).
+What a method's latents are is the method's own `trace()`, which should be the vectors the model (the Base)
+actually reads: soft_tokens' last-layer states at the soft slots, Coconut's continuous thoughts (its next
+inputs), the Coprocessor's Z after `latent_scale` (the Base's input embeddings with embeddings injection),
+the looped model's per-loop states at the last question position (one "slot" per loop). Known gap: with kv
+injection the Coprocessor's Z still passes through its top layer's attention output, MLP and final norm,
+which the Base never reads (tests/test_analysis_nulls.py::test_kv_injection_analyses_depend_only_on_what_the_base_reads).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def base_side_states(method: LatentMethod, examples: Sequence[EncodedExample], b
       - embeddings injection (liu, h2 default): L = N_L, the Base's states at the latent slots, whose inputs
         are Z (slot i of this tensor is the Base's reading of latent i);
       - kv injection (h1, h2 kv): the Base has no state at a latent slot (it only attends to the latents'
-        K/V), so L = 1, its state at the `<eot>` read position, the first one computed after the latents.
+        K/V), so L = 1, its state at the read position, the first one computed after the latents (the
+        re-fed last question token of the neutral start; `<eot>` before it).
     Both come from the same passes as generation (`Coprocessor.base_read_states`).
     """
     parts = [method.base_read_states(chunk).float().cpu() for chunk in _batches(examples, batch_size, "trace base", progress)]

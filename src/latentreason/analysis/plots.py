@@ -111,6 +111,7 @@ def plot_lines(
     title: str,
     yerr: str | None = None,
     logx: bool = False,
+    nulls: Mapping[str, str] | None = None,
 ) -> Path:
     """Save a line plot with one line per group, e.g. accuracy vs N_L per method.
 
@@ -127,12 +128,16 @@ def plot_lines(
         title: figure title.
         yerr: optional column of symmetric error-bar half-widths (e.g. std or CI).
         logx: log-scale x axis.
+        nulls: optional ``{column: linestyle}``: each column is a null value of ``y`` (a number, or a
+            dict with its ``mean``) drawn per group in the group's colour with that line style (e.g.
+            ``{"null_gauss": "--"}``), so a value can be read against its null.
 
     Returns:
         The path written.
     """
     records = _records(rows)
     groups: dict[Any, list[tuple[float, float, float]]] = {}
+    null_points: dict[tuple[Any, str], list[tuple[float, float]]] = {}
     for k, rec in enumerate(records):
         for col in (x, y, group) + ((yerr,) if yerr else ()):
             if col not in rec:
@@ -141,13 +146,23 @@ def plot_lines(
             continue
         err = float(rec[yerr]) if yerr and rec[yerr] is not None else 0.0
         groups.setdefault(rec[group], []).append((float(rec[x]), float(rec[y]), err))
+        for column in nulls or {}:
+            value = rec.get(column)
+            value = value.get("mean") if isinstance(value, Mapping) else value
+            if value is not None:
+                null_points.setdefault((rec[group], column), []).append((float(rec[x]), float(value)))
 
     fig = _new_figure((6.0, 4.0))
     ax = fig.add_subplot()
-    for name, points in groups.items():
+    for index, (name, points) in enumerate(groups.items()):
         points.sort(key=lambda p: p[0])
         xs, ys, errs = (np.array(v) for v in zip(*points))
-        ax.errorbar(xs, ys, yerr=errs if yerr else None, marker="o", capsize=3, label=str(name))
+        colour = f"C{index % 10}"
+        ax.errorbar(xs, ys, yerr=errs if yerr else None, marker="o", capsize=3, label=str(name), color=colour)
+        for column, style in (nulls or {}).items():
+            if (name, column) in null_points:
+                nx, ny = zip(*sorted(null_points[(name, column)]))
+                ax.plot(nx, ny, linestyle=style, color=colour, alpha=0.8, label=f"{name} {column}")
     if logx:
         ax.set_xscale("log")
     ax.set_title(title)

@@ -15,8 +15,9 @@ from typing import Any
 from latentreason.config import parse_overrides
 from latentreason.errors import UserInputError
 
-ANALYSIS_DEFAULTS = {"variance_threshold": 0.9, "batch_size": 64, "max_examples": 0, "top_k": 5, "plots": True}
-"""`analysis.*` overrides of `latentreason analyze` (everything else overrides the run's config)."""
+ANALYSIS_DEFAULTS = {"variance_threshold": 0.9, "batch_size": 64, "max_examples": 0, "top_k": 5, "plots": True, "null_repeats": 8, "null_seed": 0}
+"""`analysis.*` overrides of `latentreason analyze` (everything else overrides the run's config). `null_repeats` draws of
+each null (analysis/nulls.py; 0 turns the nulls off), seeded by `null_seed`."""
 
 
 def analysis_options(overrides: list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,6 +30,10 @@ def analysis_options(overrides: list[str] | None) -> tuple[dict[str, Any], dict[
     merged = {**ANALYSIS_DEFAULTS, **options}
     if not 0 < float(merged["variance_threshold"]) <= 1:
         raise UserInputError(f"analysis.variance_threshold={merged['variance_threshold']!r}; expected 0 < v <= 1")
+    if isinstance(merged["null_repeats"], bool) or not isinstance(merged["null_repeats"], int) or merged["null_repeats"] < 0:
+        raise UserInputError(f"analysis.null_repeats={merged['null_repeats']!r}; expected an integer >= 0")
+    if isinstance(merged["null_seed"], bool) or not isinstance(merged["null_seed"], int):
+        raise UserInputError(f"analysis.null_seed={merged['null_seed']!r}; expected an integer")
     return merged, parsed
 
 
@@ -39,13 +44,15 @@ def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progres
     H_ij and its mean off-diagonal, slot silhouette, effective rank (pooled and per slot), linear CKA
     between slots, the logit lens of every slot through every latent model (top-k tokens), and, for
     Base + Coprocessor methods, principal angles and CKA between Z and the Base-side states (see
-    analysis.capture.base_side_states). Methods without latents (cot, no_cot, soft_tokens with N_L = 0)
+    analysis.capture.base_side_states). Every geometry number has its nulls beside it under `nulls` (and
+    `base_vs_coprocessor.nulls`): analysis/nulls.py, at the same n, d and rank. Methods without latents (cot, no_cot, soft_tokens with N_L = 0)
     are not an error: the result says so (`"skipped"`), so a sweep with `analyze: true` goes on.
     """
     import numpy as np
 
     from latentreason.analysis import capture
     from latentreason.analysis.logit_lens import find_final_norm_and_head, logit_lens
+    from latentreason.analysis.nulls import latent_nulls, pair_nulls
     from latentreason.analysis.plots import plot_heatmap, plot_logit_lens
     from latentreason.analysis.similarity import linear_cka, principal_angles, summarize_latents
     from latentreason.finished_run import load_finished_run
@@ -73,6 +80,9 @@ def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progres
     n_slots = z.shape[1]
     result["cka_slots"] = [[_finite(linear_cka(z[:, i], z[:, j])) for j in range(n_slots)] for i in range(n_slots)]
     result["cka_slots_mean_off_diagonal"] = _finite(_off_diagonal_mean(result["cka_slots"]))
+    repeats, seed = int(options["null_repeats"]), int(options["null_seed"])
+    result["nulls"] = _json_ready(latent_nulls(z, threshold, repeats, seed))
+    result["null_settings"] = {"repeats": repeats, "seed": seed, "interval": "95% prediction interval of one null draw (Student t over repeats)"}
 
     # Logit lens through every latent model; traces the method reports as already final-normed skip the norm.
     result["logit_lens"] = {}
@@ -88,7 +98,7 @@ def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progres
         b = base[keep].numpy()
         angles = np.degrees(principal_angles(z.reshape(-1, z.shape[-1]), b.reshape(-1, b.shape[-1]), threshold))
         result["base_vs_coprocessor"] = {
-            "base_side": "base hidden states at the latent slots" if b.shape[1] == n_slots else "base hidden state at <eot> after the latent K/V",
+            "base_side": "base hidden states at the latent slots" if b.shape[1] == n_slots else "base hidden state at the read position after the latent K/V",
             "base_slots": b.shape[1],
             "principal_angles_deg": [float(a) for a in angles],
             "principal_angle_mean_deg": float(angles.mean()) if angles.size else None,
@@ -96,17 +106,46 @@ def analyze_run(run_dir: str | Path, overrides: list[str] | None = None, progres
             "cka_per_slot": [_finite(linear_cka(z[:, i], b[:, i])) for i in range(n_slots)] if b.shape[1] == n_slots else None,
             "base_effective_rank": float(summarize_latents(b, threshold)["effective_rank"]),
         }
+        if repeats:
+            result["base_vs_coprocessor"]["nulls"] = _json_ready(pair_nulls(
+                z.reshape(-1, z.shape[-1]), b.reshape(-1, b.shape[-1]), z.reshape(len(z), -1), b.reshape(len(b), -1), threshold, repeats, seed))
 
     if options["plots"]:
         labels = [f"z{i + 1}" for i in range(n_slots)] if n_slots <= 32 else None
         plot_heatmap(result["cross_capture"], out / "cross_capture.png",
-                     f"cross-capture H[i,j] (var {threshold:g}); off-diag mean {_fmt(result['cross_capture_mean_off_diagonal'])}",
+                     f"cross-capture H[i,j] (var {threshold:g}); off-diag mean {_fmt(result['cross_capture_mean_off_diagonal'])}"
+                     + _null_caption(result["nulls"].get("cross_capture_mean_off_diagonal", {})),
                      "slot j (variance captured)", "slot i (subspace)", labels)
         plot_heatmap(result["cka_slots"], out / "cka_slots.png", "linear CKA between slots", "slot", "slot", labels)
     if progress:
-        print(f"{out / 'analysis.json'}: {n_slots} slots, cross-capture off-diagonal {_fmt(result['cross_capture_mean_off_diagonal'])}, "
-              f"silhouette {_fmt(result['slot_silhouette'])}, effective rank {result['effective_rank']:.2f}")
+        nulls = result["nulls"]
+        print(f"{out / 'analysis.json'}: {n_slots} slots, cross-capture off-diagonal {_fmt(result['cross_capture_mean_off_diagonal'])}"
+              f"{_null_brief(nulls.get('cross_capture_mean_off_diagonal', {}))}, silhouette {_fmt(result['slot_silhouette'])}"
+              f"{_null_brief(nulls.get('slot_silhouette', {}))}, effective rank {result['effective_rank']:.2f}")
     return _write_analysis(out, result)
+
+
+def _null_caption(nulls: dict[str, Any]) -> str:
+    """A second title line with the null means and intervals, e.g. `null_gauss 0.41 [0.38, 0.44]`."""
+    parts = [f"{kind} {_fmt(n['mean'])}" + (f" [{n['lo']:.2f}, {n['hi']:.2f}]" if n.get("lo") is not None else "")
+             for kind, n in nulls.items() if n.get("mean") is not None]
+    return "\n" + ", ".join(parts) if parts else ""
+
+
+def _null_brief(nulls: dict[str, Any]) -> str:
+    parts = [f"{kind} {_fmt(n['mean'])}" for kind, n in nulls.items() if n.get("mean") is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _json_ready(value: Any) -> Any:
+    """Nested dicts/lists with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float):
+        return _finite(value)
+    return value
 
 
 def _finite(value: float) -> float | None:

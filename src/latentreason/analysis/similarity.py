@@ -29,6 +29,7 @@ __all__ = [
     "cross_capture",
     "mean_off_diagonal",
     "silhouette",
+    "silhouette_labelings",
     "slot_silhouette",
     "principal_angles",
     "principal_angles_between_bases",
@@ -189,44 +190,57 @@ def silhouette(X: np.ndarray, labels: Any, chunk_size: int = 2048) -> float:
     Raises:
         ValueError: unless ``2 <= n_clusters <= n - 1`` (same rule as scikit-learn).
     """
-    X = _as_array(X, 2, "X")
-    labels = np.asarray(labels)
-    if labels.shape != (X.shape[0],):
-        raise ValueError(f"labels must have shape ({X.shape[0]},), got {labels.shape}")
-    _, codes = np.unique(labels, return_inverse=True)
-    codes = codes.reshape(-1)
-    n = X.shape[0]
-    n_clusters = int(codes.max()) + 1 if n else 0
-    if not 2 <= n_clusters <= n - 1:
-        raise ValueError(
-            f"silhouette needs 2 <= n_clusters <= n_points - 1, got {n_clusters} clusters "
-            f"for {n} points"
-        )
-    onehot = np.zeros((n, n_clusters))
-    onehot[np.arange(n), codes] = 1.0
-    counts = onehot.sum(axis=0)
+    return silhouette_labelings(X, [labels], chunk_size)[0]
 
-    scores = np.empty(n)
+
+def silhouette_labelings(X: np.ndarray, labelings: list[Any], chunk_size: int = 2048) -> list[float]:
+    """:func:`silhouette` of the same points under several labelings, one pass over the distances.
+
+    The distance matrix is the expensive part and does not depend on the labels, so label-permutation
+    nulls score all their permutations for the price of one silhouette.
+    """
+    X = _as_array(X, 2, "X")
+    n = X.shape[0]
+    encoded = []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        _, codes = np.unique(labels, return_inverse=True)
+        codes = codes.reshape(-1)
+        n_clusters = int(codes.max()) + 1 if n else 0
+        if not 2 <= n_clusters <= n - 1:
+            raise ValueError(
+                f"silhouette needs 2 <= n_clusters <= n_points - 1, got {n_clusters} clusters "
+                f"for {n} points"
+            )
+        onehot = np.zeros((n, n_clusters))
+        onehot[np.arange(n), codes] = 1.0
+        encoded.append((codes, onehot, onehot.sum(axis=0)))
+
+    scores = np.empty((len(encoded), n))
     for start in range(0, n, chunk_size):
         rows = slice(start, min(start + chunk_size, n))
-        # Summed distance from each point in the chunk to every cluster: [chunk, K].
-        sums = cdist(X[rows], X) @ onehot
-        own = codes[rows]
-        own_count = counts[own]
-        idx = np.arange(sums.shape[0])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # Own cluster: exclude the point itself (its distance to itself is 0).
-            a = sums[idx, own] / (own_count - 1)
-            means = sums / counts
-        means[idx, own] = np.inf
-        b = means.min(axis=1)
-        denom = np.maximum(a, b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = (b - a) / denom
-        # Singletons (own_count == 1) and coincident points (denom == 0) score 0.
-        s[(own_count == 1) | ~np.isfinite(s)] = 0.0
-        scores[rows] = s
-    return float(scores.mean())
+        distances = cdist(X[rows], X)
+        idx = np.arange(distances.shape[0])
+        for k, (codes, onehot, counts) in enumerate(encoded):
+            # Summed distance from each point in the chunk to every cluster: [chunk, K].
+            sums = distances @ onehot
+            own = codes[rows]
+            own_count = counts[own]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # Own cluster: exclude the point itself (its distance to itself is 0).
+                a = sums[idx, own] / (own_count - 1)
+                means = sums / counts
+            means[idx, own] = np.inf
+            b = means.min(axis=1)
+            denom = np.maximum(a, b)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = (b - a) / denom
+            # Singletons (own_count == 1) and coincident points (denom == 0) score 0.
+            s[(own_count == 1) | ~np.isfinite(s)] = 0.0
+            scores[k, rows] = s
+    return [float(row.mean()) for row in scores]
 
 
 def slot_silhouette(Z: np.ndarray) -> float:

@@ -134,6 +134,13 @@ class LatentMethod(nn.Module):
         return cls.trains_on_steps
 
     @classmethod
+    def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
+        """Flat config keys that turn this latent configuration into its matched no-latent control (trained
+        from the same start, for the same steps, on the same data: results.control_gains looks that cell up);
+        None for a configuration without latents (it is a control). Default: the same configuration at N_L = 0."""
+        return {"method.n_latents": 0} if cls.latent_budget(config) > 0 else None
+
+    @classmethod
     def max_latent_positions(cls, config: MethodConfig) -> int:
         """Upper bound on the positions it adds between question and answer (latents and markers)."""
         return config.n_latents + 2 if cls.inserts_latent_slots else 0

@@ -5,9 +5,11 @@ Sequence of one example at curriculum stage s:
     question <bot> [latent] x k <eot> steps[r:] answer
 
 where the first r = min(s, #steps) reasoning steps are removed and k = r*c latent slots take their place
-(c = thoughts_per_step; with `pad_latent_to_max` k = s*c even when fewer steps exist, as in the
-reference repo's option). The input embedding of a latent slot is the last-layer hidden state at the
-position before it, so k latents need k+1 sequential passes. All passes share ONE growing DynamicCache.
+(c = thoughts_per_step; with `pad_latent_to_max` k = s*c even when fewer steps exist). After the last stage
+(s > max_latent_stage) every remaining step is removed, as in the reference implementation, and evaluation
+uses that layout (methods/curriculum.py holds the stage rules). The input embedding of a latent slot is the
+last-layer hidden state at the position before it, so k latents need k+1 sequential passes. All passes share
+ONE growing DynamicCache.
 
 Batched layout (columns), which makes every pass a plain slice of one padded tensor:
 
@@ -39,17 +41,8 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import prefix_decode_flops
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss, greedy_decode
+from latentreason.methods.curriculum import Plan, StepCurriculum
 from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
-
-
-@dataclass
-class Plan:
-    """How one example is laid out at its stage."""
-
-    n_latents: int
-    """k: latent slots after <bot>."""
-    n_removed: int
-    """Reasoning steps replaced by the latents (the rest stay as text)."""
 
 
 @dataclass
@@ -86,6 +79,12 @@ class Coconut(LatentMethod):
     def max_latent_positions(cls, config: MethodConfig) -> int:
         return cls.latent_budget(config) + 2  # the latents between <bot> and <eot>
 
+    @classmethod
+    def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
+        """CoT continued from the same start (the CoT run) for the same steps: what the curriculum's extra
+        training gives without any continuous thought."""
+        return {"method.name": "cot"} if cls.latent_budget(config) > 0 else None
+
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
         cc = config.coconut
@@ -105,30 +104,28 @@ class Coconut(LatentMethod):
             self.max_stage = cc.max_latent_stage
         self.n_latents = config.n_latents if cc.fixed_latents else self.max_stage * self.c
         """Latent slots at the final stage (an upper bound per example unless pad_latent_to_max/fixed)."""
+        self.curriculum = StepCurriculum(self.c, cc.epochs_per_stage, self.max_stage, cc.reset_optimizer, cc.pad_latent_to_max)
         self.stage = 0
 
     # --- curriculum -------------------------------------------------------------------------------------
     def stage_at(self, epoch: int) -> int:
-        return min(epoch // self.config.coconut.epochs_per_stage, self.max_stage)
+        """Stage 0..max_stage, then the final stage max_stage + 1 (every step removed) from there on."""
+        return self.curriculum.stage_at(epoch)
 
     def set_epoch(self, epoch: int) -> bool:
-        """Enter the stage of `epoch`; True exactly when `epoch` starts a new stage and
-        `coconut.reset_optimizer` asks for fresh Adam moments per stage, as in Coconut.
+        """Enter the stage of `epoch`; True exactly when `epoch` starts a new stage (the final one included)
+        and `coconut.reset_optimizer` asks for fresh Adam moments per stage, as in Coconut.
 
         Depends only on `epoch` (not on the previous call), so a resumed run makes the same decision.
         """
         self.stage = self.stage_at(epoch)
-        if self.config.coconut.fixed_latents or not self.config.coconut.reset_optimizer:
-            return False
-        return epoch > 0 and self.stage != self.stage_at(epoch - 1)
+        return not self.config.coconut.fixed_latents and self.curriculum.resets_optimizer_at(epoch)
 
     def plan(self, example: EncodedExample, stage: int) -> Plan:
         """Latent count and removed steps for `example` at curriculum `stage`."""
-        cc = self.config.coconut
-        if cc.fixed_latents:
+        if self.config.coconut.fixed_latents:
             return Plan(self.config.n_latents, len(example.step_ids))
-        removed = min(stage, len(example.step_ids))
-        return Plan((stage if cc.pad_latent_to_max else removed) * self.c, removed)
+        return self.curriculum.plan(len(example.step_ids), stage)
 
     def training_stage(self) -> int:
         """The stage of one training example: the current one, or with prob mix_prob a random lower one."""
@@ -172,8 +169,8 @@ class Coconut(LatentMethod):
         return self.layout(examples, [self.plan(e, stage()) for e in examples])
 
     def eval_plans(self, examples: Sequence[EncodedExample]) -> list[Plan]:
-        """Evaluation always uses the final stage's latents (or the fixed N_L)."""
-        return [self.plan(e, self.max_stage) for e in examples]
+        """Evaluation always uses the final stage (every step removed; its latents, or the fixed N_L)."""
+        return [self.plan(e, self.curriculum.final_stage) for e in examples]
 
     # --- the multi-pass forward -------------------------------------------------------------------------
     def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None, all_logits: bool = False) -> ContinuousOutput:

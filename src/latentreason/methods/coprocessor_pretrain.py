@@ -3,18 +3,21 @@ predict the text ahead.
 
 Per sequence x [T], M augmentation points p_1..p_M; at each point the Coprocessor writes N_L latents from
 the Base's cache of the prefix x[:p_m], and the Base, reading prefix + latents, predicts the N_A ahead
-tokens x[p_m : p_m + N_A] (the last latent predicts x[p_m], ahead token x[p_m + j] predicts x[p_m + j + 1]).
+tokens x[p_m : p_m + N_A]. The Base reads as in fine-tuning (the neutral start, coprocessor.py): the prefix
+but its last token, the latents (positions p_m ..), then x[p_m - 1] re-fed at its own position p_m - 1, which
+predicts x[p_m]; ahead token x[p_m + j] (position p_m + j) predicts x[p_m + j + 1].
 
 `pretrain_loss_sequential` is the definition (one point at a time, the fine-tuning path's own passes);
 `pretrain_loss` computes the same thing in three batched passes:
 
     1. Base over the whole sequence once                     -> K/V of x (shared by every point)
     2. Coprocessor over M groups of N_L soft tokens          -> Z for every point
-    3. Base over M groups of (N_L latents + N_A - 1 ahead)   -> logits for every ahead token
+    3. Base over M groups of (N_L latents, x[p_m - 1],       -> logits for every ahead token
+       N_A - 1 ahead)
 
 Passes 2 and 3 put a row's groups into blocks of a few groups (GROUPS_PER_ROW), each block a batch row of
-its own with a copy of its sequence's K/V, under a 4-D mask over [sequence K/V | block]: a group sees
-x[:p_m] and, causally, its own group only; its position ids continue from p_m. (The last ahead token is not fed: its prediction would be
+its own with a copy of its sequence's K/V, under a 4-D mask over [sequence K/V | block]: a Coprocessor
+group sees x[:p_m], a Base group x[:p_m - 1], and, causally, its own group only; positions as above. (The last ahead token is not fed: its prediction would be
 x[p_m + N_A], outside the target window.) The Base is frozen here as in Liu et al.; the Coprocessor and
 its soft tokens train.
 
@@ -120,13 +123,18 @@ def pretrain_logits(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, 
     soft = method.soft_tokens.repeat(per_row, 1).unsqueeze(0).expand(batch * blocks, -1, -1)
     own = repeat_cache(cache, coprocessor, blocks)
     z = lm_forward(body(coprocessor), soft, group_mask(block_points, n, seq_len, coprocessor), group_positions(block_points, n), own).last_hidden_state
-    # 3. The Base over (latents, ahead tokens but the last) per group, after the sequence's K/V.
-    group = n + ahead - 1
-    fed = method.embed(ahead_targets(x, points, ahead)[:, :, :-1]).view(batch * blocks, per_row, ahead - 1, -1)
+    z = method.scaled(z)  # latent_scale, as the fine-tuning path applies it
+    # 3. The Base over (latents, x[p - 1] re-fed, ahead tokens but the last) per group, after the sequence's
+    # K/V but x[p - 1]'s: the neutral start of fine-tuning, with x[:p] as the question.
+    group = n + ahead
+    fed = method.embed(ahead_targets(x, points - 1, ahead)).view(batch * blocks, per_row, ahead, -1)  # x[p - 1 : p + N_A - 1]
     embeds = torch.cat([z.view(batch * blocks, per_row, n, -1), fed], dim=2).flatten(1, 2)
+    latent_positions = group_positions(block_points, n).view(batch * blocks, per_row, n)
+    fed_positions = group_positions(block_points - 1, ahead).view(batch * blocks, per_row, ahead)
+    positions = torch.cat([latent_positions, fed_positions], dim=2).flatten(1)
     seq_cache = repeat_cache(cache, base, blocks) if blocks > 1 else cache
-    logits = lm_forward(base, embeds, group_mask(block_points, group, seq_len, base), group_positions(block_points, group), seq_cache).logits
-    return logits.view(batch, blocks * per_row, group, -1)[:, :m, n - 1:]
+    logits = lm_forward(base, embeds, group_mask(block_points - 1, group, seq_len, base), positions, seq_cache).logits
+    return logits.view(batch, blocks * per_row, group, -1)[:, :m, n:]
 
 
 GROUPS_PER_ROW = 4
@@ -141,19 +149,18 @@ def pretrain_loss(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ah
 
 
 def pretrain_loss_sequential(method: Coprocessor, x: torch.Tensor, points: torch.Tensor, ahead: int) -> torch.Tensor:
-    """The definition: each (row, point) separately through the fine-tuning path's passes."""
-    n = method.n_latents
+    """The definition: each (row, point) separately through the fine-tuning path's passes, with x[:p] as
+    the question and the ahead tokens as the answer."""
     total = x.new_zeros((), dtype=torch.float32)
     for row in range(x.shape[0]):
         for p in points[row].tolist():
             prefix = x[row: row + 1, :p]
-            prefix_mask = torch.ones_like(prefix)
-            cache = method.question_cache(prefix, prefix_mask)
-            z, _ = method.latents(cache, prefix_mask)
-            embeds = torch.cat([z, method.embed(x[row: row + 1, p: p + ahead - 1])], dim=1)
-            mask = torch.ones(1, p + embeds.shape[1], dtype=torch.long, device=x.device)
-            positions = torch.arange(p, p + embeds.shape[1], device=x.device).view(1, -1)
-            logits = lm_forward(method.model, embeds, mask, positions, cache).logits[0, n - 1:]
+            read, _ = method.passes(prefix, torch.ones_like(prefix))
+            fed = x[row: row + 1, p: p + ahead - 1]
+            embeds = torch.cat([read.embeds, method.embed(fed)], dim=1)
+            mask = torch.cat([read.mask, torch.ones_like(fed)], dim=1)
+            positions = torch.cat([read.positions, p + torch.arange(fed.shape[1], device=x.device).view(1, -1)], dim=1)
+            logits = lm_forward(method.model, embeds, mask, positions, read.cache).logits[0, read.embeds.shape[1] - 1:]
             total = total + F.cross_entropy(logits.float(), x[row, p: p + ahead], reduction="sum")
     return total / points.numel() / ahead
 

@@ -27,7 +27,7 @@ batch (every loop's cache drops them: `decode(compact=True)`), so a finished row
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +232,11 @@ class Looped(LatentMethod):
     @classmethod
     def uses_steps(cls, config: MethodConfig) -> bool:
         return config.looped.use_steps
+
+    @classmethod
+    def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
+        """The same stack run once (T = 1: no loop beyond the first)."""
+        return {"method.looped.loops": 1} if config.looped.loops > 1 else None
 
     @classmethod
     def trace_slots(cls, config: MethodConfig) -> int:

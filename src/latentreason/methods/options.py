@@ -35,7 +35,8 @@ class CoconutConfig:
     epochs_per_stage: PositiveInt = 1
     """Epochs spent at each curriculum stage."""
     max_latent_stage: NonNegativeInt = 3
-    """Last stage s; stage s replaces the first s steps by s*c latents (all steps when fewer remain).
+    """Last stage s that keeps text steps; stage s replaces the first s steps by s*c latents (all steps when
+    fewer remain). From stage s + 1 on (and at evaluation) every step is removed, as in the reference.
     Overridden by `method.n_latents` > 0: max_latent_stage = n_latents / c (N_L = final-stage latents)."""
     mix_prob: Probability = 0.0
     """Probability of sampling a lower stage for an example (curriculum mixing)."""
@@ -60,6 +61,13 @@ class CoprocessorConfig:
     """h2 only: how latents reach the Base, `embeddings` or `kv`."""
     lora_rank: NonNegativeInt = 0
     """h2 only: when > 0, train the Base through LoRA adapters of this rank instead of fully."""
+    latent_scale: Literal["none", "rms", "learned"] = "rms"
+    """Embeddings injection (liu, h2 default): the scale of the latents the Base reads. The Coprocessor's
+    final-normed states arrive at 5-18x the RMS of token embeddings. `none`: as they come; `rms`: each
+    latent rescaled to the RMS of the Base's token embeddings; `learned`: `rms` times a learned scalar gain
+    that starts at 1. No effect with kv injection (h1), where the Base reads K/V, not Z. The 200-step
+    experiment in results/coprocessor_latent_scale/ could not tell the three apart; `rms` keeps the Base's
+    input at the scale it was trained on."""
     pretrain_points: PositiveInt = 4
     """Pretraining: augmentation points M per sequence."""
     pretrain_ahead: PositiveInt = 8
@@ -97,6 +105,27 @@ class LoopedConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """A Coconut-style curriculum for methods with trainable latent slots (soft_tokens): starting from CoT
+    weights, stage k replaces the first k reasoning steps by k*c latent slots (the remaining steps stay as
+    text targets); after the last stage, N_L / c, every step is removed and the N_L slots stand alone, as at
+    evaluation. Stage rules shared with Coconut (methods/curriculum.py)."""
+
+    enabled: bool = False
+    """Run the curriculum (train.init_from should then name a CoT run); false trains answer-only."""
+    thoughts_per_step: PositiveInt = 1
+    """c: latent slots per replaced step; method.n_latents must be a multiple of it."""
+    epochs_per_stage: PositiveInt = 1
+    """Epochs spent at each stage (the last, all-steps-removed stage lasts until training ends)."""
+    reset_optimizer: bool = True
+    """Fresh optimizer state at each stage boundary, as Coconut does."""
+
+
+CURRICULUM_METHODS = ("soft_tokens",)
+"""Methods that implement `method.curriculum` (a method adds its name here when it does)."""
+
+
+@dataclass
 class MethodConfig:
     """Which latent-reasoning method, and its latent budget."""
 
@@ -109,16 +138,29 @@ class MethodConfig:
     coconut: CoconutConfig = field(default_factory=CoconutConfig)
     coprocessor: CoprocessorConfig = field(default_factory=CoprocessorConfig)
     looped: LoopedConfig = field(default_factory=LoopedConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 def check_method_options(method: MethodConfig) -> None:
     """The checks that span several `method.*` fields (single fields are checked against their annotations
     when the config loads). Called by config.validate, so they also run at load time."""
     if method.name == "coprocessor":
-        if method.n_latents < 1:
-            raise UserInputError(f"config key 'method.n_latents': the coprocessor needs at least 1 latent, got {method.n_latents}")
+        if method.n_latents < 1 and method.coprocessor.variant != "h2":
+            raise UserInputError(f"config key 'method.n_latents': the coprocessor needs at least 1 latent, got {method.n_latents} "
+                                 "(N_L = 0, the no-latent control, only with variant h2, whose Base trains)")
         if method.coprocessor.lora_rank > 0 and method.coprocessor.variant != "h2":
             raise UserInputError(f"config key 'method.coprocessor.lora_rank': LoRA applies to the trained Base of variant h2 only, got variant {method.coprocessor.variant!r}")
+    curriculum = method.curriculum
+    if curriculum.enabled:
+        if method.name not in CURRICULUM_METHODS:
+            raise UserInputError(f"config key 'method.curriculum.enabled': method {method.name!r} has no such curriculum; "
+                                 f"expected one of {list(CURRICULUM_METHODS)} (coconut has its own: method.coconut.*)")
+        if method.placement != "after_question":
+            raise UserInputError(f"config key 'method.curriculum.enabled': the curriculum puts the latent slots where the "
+                                 f"steps were, after the question; got method.placement={method.placement!r}")
+        if method.n_latents % curriculum.thoughts_per_step:
+            raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of "
+                                 f"method.curriculum.thoughts_per_step={curriculum.thoughts_per_step}")
     coconut = method.coconut
     if method.name == "coconut" and method.n_latents > 0 and not coconut.fixed_latents and method.n_latents % coconut.thoughts_per_step:
         raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of method.coconut.thoughts_per_step={coconut.thoughts_per_step}")

@@ -8,6 +8,15 @@ Layout of one training row (question left-padded, so the soft slots sit at the s
 The soft slots are `nn.Parameter` vectors shared by every example (no per-example computation feeds them),
 so the whole sequence is one forward pass; the loss covers the answer tokens only (no CoT steps).
 With N_L = 0 this is exactly No-CoT (same loss, same generations; see tests/test_soft_tokens.py).
+
+With `method.curriculum.enabled` (Coconut's curriculum, methods/curriculum.py, started from CoT weights),
+stage k trains
+
+    pad .. pad | question | z_1 .. z_kc | steps[k:] answer pad ..
+
+(the first k*c soft slots in place of the first k steps, loss on the remaining steps and the answer): stage 0
+is exactly CoT, and after the last stage (k > N_L / c) every step is removed and all N_L slots stand alone,
+the answer-only layout above, which evaluation always uses.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import prefix_decode_flops
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss
-from latentreason.tokenization import EncodedExample, positions_from_mask
+from latentreason.methods.curriculum import StepCurriculum
+from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
 
 PLACEMENTS = ("after_question", "prefix")
 
@@ -33,8 +43,17 @@ class SoftTokens(LatentMethod):
     name = "soft_tokens"
     trains_on_steps = False
     inserts_latent_slots = True
+    identifying_keys = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage")
     description = ("Soft tokens: N_L trainable input embeddings placed after the question (in `latent_method.safetensors` "
                    "as `latents`), trained jointly with the backbone; one forward pass.")
+
+    @classmethod
+    def label(cls, config: MethodConfig) -> str:
+        return f"{cls.name}+curriculum" if config.curriculum.enabled else cls.name
+
+    @classmethod
+    def uses_steps(cls, config: MethodConfig) -> bool:
+        return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -47,6 +66,19 @@ class SoftTokens(LatentMethod):
         # Same scale as the token embedding table, so the soft slots start "in distribution".
         scale = float(self.model.get_input_embeddings().weight.detach().float().std())
         self.latents = nn.Parameter(torch.randn(self.n_latents, self.dims.d_model) * scale)
+        cc = config.curriculum
+        self.curriculum = StepCurriculum(cc.thoughts_per_step, cc.epochs_per_stage, self.n_latents // cc.thoughts_per_step,
+                                         cc.reset_optimizer, pad_latent_to_max=True) if cc.enabled else None
+        """Coconut's stage rules; pad_latent_to_max: the slots are shared vectors, so every row gets k*c of them."""
+        self.stage = self.curriculum.final_stage if self.curriculum else 0
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Enter the curriculum stage of `epoch` (no-op without a curriculum); True when a new stage starts and
+        `method.curriculum.reset_optimizer` asks for fresh optimizer moments."""
+        if self.curriculum is None:
+            return False
+        self.stage = self.curriculum.stage_at(epoch)
+        return self.curriculum.resets_optimizer_at(epoch)
 
     # --- layout -----------------------------------------------------------------------------------------
     def prefix(self, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor, slice]:
@@ -54,21 +86,34 @@ class SoftTokens(LatentMethod):
         ids, mask = self.left_padded_prompts([e.question_ids for e in examples])
         return self._with_latents(self.embed(ids), mask)
 
-    def _with_latents(self, question_embeds: torch.Tensor, question_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, slice]:
+    def _with_latents(self, question_embeds: torch.Tensor, question_mask: torch.Tensor,
+                      n_slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """Question + the first `n_slots` soft slots (all N_L when None)."""
         batch, length = question_mask.shape
-        soft = self.latents.to(question_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        ones = torch.ones(batch, self.n_latents, dtype=question_mask.dtype, device=question_mask.device)
+        n_slots = self.n_latents if n_slots is None else n_slots
+        soft = self.latents[:n_slots].to(question_embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        ones = torch.ones(batch, n_slots, dtype=question_mask.dtype, device=question_mask.device)
         if self.placement == "prefix":
-            return torch.cat([soft, question_embeds], 1), torch.cat([ones, question_mask], 1), slice(0, self.n_latents)
-        return torch.cat([question_embeds, soft], 1), torch.cat([question_mask, ones], 1), slice(length, length + self.n_latents)
+            return torch.cat([soft, question_embeds], 1), torch.cat([ones, question_mask], 1), slice(0, n_slots)
+        return torch.cat([question_embeds, soft], 1), torch.cat([question_mask, ones], 1), slice(length, length + n_slots)
 
     # --- training ---------------------------------------------------------------------------------------
     def collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
-        """Left-padded questions and right-padded answers; the soft slots are inserted in `loss`."""
-        return self.question_answer_batch(examples)
+        """Left-padded questions and right-padded answers; the soft slots are inserted in `loss`. Under the
+        curriculum the "answer" part is the steps not yet replaced + the answer, and `n_slots` says how many
+        soft slots the current stage inserts (the same for every row)."""
+        if self.curriculum is None:
+            return self.question_answer_batch(examples)
+        plans = [self.curriculum.plan(len(e.step_ids), self.stage) for e in examples]
+        targets = [[t for step in e.step_ids[p.n_removed:] for t in step] + e.answer_ids for e, p in zip(examples, plans)]
+        question_ids, question_mask = left_pad([e.question_ids for e in examples], self.ids["pad"])
+        target_ids, target_mask = right_pad(targets, self.ids["pad"])
+        labels = torch.where(target_mask.bool(), target_ids, torch.full_like(target_ids, -100))
+        return {"question_ids": question_ids, "question_mask": question_mask, "answer_ids": target_ids,
+                "answer_mask": target_mask, "answer_labels": labels, "n_slots": plans[0].n_latents if plans else 0}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        prefix_embeds, prefix_mask, _ = self._with_latents(self.embed(batch["question_ids"]), batch["question_mask"])
+        prefix_embeds, prefix_mask, _ = self._with_latents(self.embed(batch["question_ids"]), batch["question_mask"], batch.get("n_slots"))
         embeds = torch.cat([prefix_embeds, self.embed(batch["answer_ids"])], 1)
         mask = torch.cat([prefix_mask, batch["answer_mask"]], 1)
         labels = torch.cat([torch.full_like(prefix_mask, -100), batch["answer_labels"]], 1)

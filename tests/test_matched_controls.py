@@ -1,0 +1,83 @@
+"""Paired gains over the matched no-latent control (results.control_gains), on fake sweep rows: the gain is
+the per-seed difference with the control cell from the same start for the same steps; a configuration without
+a control in the sweep says so and is never compared with anything else."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from latentreason.report import _control_gains_table
+from latentreason.results import control_gains, mean_ci95
+
+
+def row(run: str, method: str, accuracy: float, seed: int, init_from: str | None = None, **keys) -> dict:
+    return {"run": run, "method.name": method, "method.n_latents": keys.pop("n_latents", 0), "train.seed": seed,
+            "train.init_from": None if init_from is None else f"/sweep/runs/{init_from}", "train.epochs": keys.pop("epochs", 3),
+            "train.lr": keys.pop("lr", 1e-3), "task.name": "prosqa", "accuracy": accuracy, "accuracy_ci95": [0.0, 1.0], **keys}
+
+
+def starts() -> list[dict]:
+    return [row(f"{m}_s{s}", m, 0.5 + 0.01 * s, s, epochs=10) for m in ("no_cot", "cot") for s in range(3)]
+
+
+def by(gains: list[dict], **keys) -> dict:
+    [entry] = [g for g in gains if all(g.get(k) == v for k, v in keys.items())]
+    return entry
+
+
+def test_soft_tokens_gain_is_the_paired_difference_with_n_latents_zero() -> None:
+    soft = [0.70, 0.64, 0.61]
+    control = [0.60, 0.62, 0.66]
+    rows = starts() + [row(f"soft4_s{s}", "soft_tokens", soft[s], s, f"no_cot_s{s}", n_latents=4) for s in range(3)]
+    rows += [row(f"soft0_s{s}", "soft_tokens", control[s], s, f"no_cot_s{s}", n_latents=0) for s in range(3)]
+    gains = control_gains(rows)
+    assert {g["method.n_latents"] for g in gains} == {4}  # N_L = 0 and the baselines are controls, not latent cells
+    entry = by(gains, **{"method.n_latents": 4})
+    differences = [a - b for a, b in zip(soft, control)]
+    mean, half = mean_ci95(differences)
+    assert entry["control"] == "soft_tokens N_L=0" and entry["seeds"] == 3 and entry["unpaired"] == 0
+    assert entry["gain_mean"] == pytest.approx(statistics.fmean(differences)) and entry["gain_ci95_half"] == pytest.approx(half)
+    assert (entry["better"], entry["equal"], entry["worse"]) == (2, 0, 1)
+    assert mean == pytest.approx(entry["gain_mean"])
+
+
+def test_coconut_control_is_cot_continued_from_the_same_run_for_the_same_epochs() -> None:
+    rows = starts()
+    rows += [row(f"coconut_s{s}", "coconut", 0.8, s, f"cot_s{s}", n_latents=8, epochs=6,
+                 **{"method.coconut.thoughts_per_step": 2}) for s in range(2)]
+    rows += [row(f"cot_more_s{s}", "cot", 0.7 - 0.1 * s, s, f"cot_s{s}", epochs=6) for s in range(2)]
+    rows += [row("cot_other_length_s0", "cot", 0.1, 0, "cot_s0", epochs=3)]      # fewer steps: not the control
+    rows += [row("cot_other_start_s1", "cot", 0.1, 1, "no_cot_s1", epochs=6)]    # another start: not the control
+    entry = by(control_gains(rows), **{"method.name": "coconut"})
+    assert entry["control"] == "cot" and entry["seeds"] == 2
+    assert entry["gain_mean"] == pytest.approx(statistics.fmean([0.8 - 0.7, 0.8 - 0.6]))
+
+
+def test_a_cell_without_control_is_reported_as_such() -> None:
+    rows = starts() + [row(f"soft8_s{s}", "soft_tokens", 0.9, s, f"no_cot_s{s}", n_latents=8) for s in range(3)]
+    rows += [row("soft0_s0", "soft_tokens", 0.5, 0, "no_cot_s0", n_latents=0, lr=3e-3)]  # another lr: not a control
+    rows += [row("looped_s0", "looped", 0.6, 0, "no_cot_s0", **{"method.looped.loops": 4})]
+    gains = control_gains(rows)
+    soft = by(gains, **{"method.name": "soft_tokens"})
+    assert soft["control"] is None and soft["seeds"] == 0 and soft["unpaired"] == 3 and soft["gain_mean"] is None
+    assert soft["wanted"] == "method.n_latents=0"
+    assert by(gains, **{"method.name": "looped"})["wanted"] == "method.looped.loops=1"
+    table = _control_gains_table(gains, set())
+    assert table.count("no control in this sweep") == 2 and "method.n_latents=0" in table
+
+
+def test_pairing_is_by_seed_and_a_missing_seed_is_counted_not_borrowed() -> None:
+    rows = starts() + [row(f"soft4_s{s}", "soft_tokens", 0.7, s, f"no_cot_s{s}", n_latents=4) for s in range(3)]
+    rows += [row(f"soft0_s{s}", "soft_tokens", 0.5 + 0.1 * s, s, f"no_cot_s{s}", n_latents=0) for s in range(2)]
+    entry = by(control_gains(rows), **{"method.n_latents": 4})
+    assert entry["seeds"] == 2 and entry["unpaired"] == 1
+    assert entry["gain_mean"] == pytest.approx(statistics.fmean([0.7 - 0.5, 0.7 - 0.6]))
+
+
+def test_looped_control_is_one_loop() -> None:
+    rows = starts() + [row(f"looped{t}_s0", "looped", acc, 0, "no_cot_s0", **{"method.looped.loops": t})
+                       for t, acc in ((1, 0.55), (4, 0.65))]
+    entry = by(control_gains(rows), **{"method.name": "looped"})
+    assert entry["control"] == "looped N_L=0" and entry["gain_mean"] == pytest.approx(0.10)

@@ -1,0 +1,105 @@
+"""Soft tokens with Coconut's step-replacement curriculum (method.curriculum): layouts at every stage, stage 0
+is CoT, the final stage is the answer-only soft-token layout that generation uses, stage changes, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentreason.backbones import build_backbone
+from latentreason.config import MethodConfig, ModelConfig, load_config
+from latentreason.errors import UserInputError
+from latentreason.methods.cot import CoT
+from latentreason.methods.options import CurriculumConfig
+from latentreason.methods.soft_tokens import SoftTokens
+from latentreason.tasks import Example
+from latentreason.tokenization import encode_examples
+
+EXAMPLES = [
+    Example("Numbers: 36 23 70. Target: 11.", ["36 + 23 = 59", "70 - 59 = 11"], "(70-(36+23))"),
+    Example("Numbers: 5 8. Target: 40.", ["5 * 8 = 40"], "(5*8)"),
+    Example("Numbers: 12 3 4 7 9. Target: 25.", ["12 / 3 = 4", "4 + 4 = 8", "8 + 9 = 17", "17 + 7 = 24"], "(((12/3)+4)+9)"),
+]
+CORPUS = [e.question for e in EXAMPLES] + [s for e in EXAMPLES for s in e.steps] + ["### " + e.answer for e in EXAMPLES]
+
+
+def make(n_latents: int = 4, curriculum: bool = True, **options):
+    torch.manual_seed(0)
+    bb = build_backbone(ModelConfig(backbone="gpt2-tiny", n_layer=2, n_embd=32, n_head=2), corpus=CORPUS)
+    config = MethodConfig(name="soft_tokens", n_latents=n_latents, curriculum=CurriculumConfig(enabled=curriculum, **options))
+    return SoftTokens(bb, config).eval(), bb, encode_examples(bb.tokenizer, EXAMPLES)
+
+
+def flat(steps: list[list[int]]) -> list[int]:
+    return [t for step in steps for t in step]
+
+
+def rows(batch: dict, method: SoftTokens) -> list[tuple[list[int], int, list[int]]]:
+    """(question, soft slots, supervised targets) of each row, padding removed."""
+    out = []
+    for row in range(batch["question_ids"].shape[0]):
+        question = batch["question_ids"][row][batch["question_mask"][row].bool()].tolist()
+        targets = batch["answer_labels"][row][batch["answer_labels"][row] != -100].tolist()
+        out.append((question, batch["n_slots"], targets))
+    return out
+
+
+def test_layouts_at_every_stage_and_after_the_last() -> None:
+    method, _, encoded = make(n_latents=4, thoughts_per_step=2)  # max stage 2
+    assert method.curriculum.max_stage == 2
+    for stage, (slots, kept) in enumerate([(0, 0), (2, 1), (4, 2)]):
+        method.stage = stage
+        for (question, n_slots, targets), e in zip(rows(method.collate(encoded), method), encoded):
+            assert question == e.question_ids and n_slots == slots
+            assert targets == flat(e.step_ids[min(kept, len(e.step_ids)):]) + e.answer_ids  # steps beyond the stage stay text
+    for epoch in (6, 7, 100):  # after the last stage: every step removed, all N_L slots, as at evaluation
+        method.set_epoch(epoch)
+        assert method.stage == 3
+        assert all(n == 4 and t == e.answer_ids for (_, n, t), e in zip(rows(method.collate(encoded), method), encoded))
+
+
+def test_set_epoch_changes_stage_and_resets_at_boundaries() -> None:
+    method, _, _ = make(n_latents=2, thoughts_per_step=1, epochs_per_stage=2)
+    resets = [method.set_epoch(epoch) for epoch in range(9)]
+    assert resets == [False, False, True, False, True, False, True, False, False]  # stages 0 0 1 1 2 2 3 3 3
+    method.set_epoch(3)  # a resumed run decides from the epoch alone
+    assert method.stage == 1
+    kept, _, _ = make(n_latents=2, reset_optimizer=False)
+    assert not any(kept.set_epoch(epoch) for epoch in range(5))
+    plain, _, _ = make(n_latents=2, curriculum=False)
+    assert plain.set_epoch(3) is False and plain.curriculum is None
+
+
+def test_stage_zero_is_cot_and_the_final_stage_is_answer_only_soft_tokens() -> None:
+    method, bb, encoded = make(n_latents=4, thoughts_per_step=2)
+    cot = CoT(bb, MethodConfig(name="cot"))  # the same backbone: the CoT start the curriculum continues
+    with torch.no_grad():
+        method.set_epoch(0)
+        torch.testing.assert_close(method(method.collate(encoded)), cot(cot.collate(encoded)), atol=1e-5, rtol=1e-5)
+        method.set_epoch(10)
+        plain = SoftTokens(bb, MethodConfig(name="soft_tokens", n_latents=4))
+        plain.latents.data.copy_(method.latents.data)
+        torch.testing.assert_close(method(method.collate(encoded)), plain(plain.collate(encoded)), atol=1e-6, rtol=1e-6)
+        generated = method.generate(encoded, max_new_tokens=6)
+    assert generated.latent_slots == [4, 4, 4]
+
+
+def test_gradients_reach_only_the_slots_in_use() -> None:
+    method, _, encoded = make(n_latents=4, thoughts_per_step=2)
+    method.train()
+    method.set_epoch(1)  # stage 1: the first c = 2 slots replace the first step
+    method(method.collate(encoded)).backward()
+    grad = method.latents.grad
+    assert grad[:2].abs().sum() > 0 and grad[2:].abs().sum() == 0
+
+
+def test_facts_and_config_checks() -> None:
+    on = MethodConfig(name="soft_tokens", n_latents=4, curriculum=CurriculumConfig(enabled=True))
+    assert SoftTokens.uses_steps(on) and SoftTokens.label(on) == "soft_tokens+curriculum"
+    assert not SoftTokens.uses_steps(MethodConfig(name="soft_tokens", n_latents=4))
+    load_config(None, ["method.name=soft_tokens", "method.n_latents=4", "method.curriculum.enabled=true"])
+    for bad in (["method.name=coconut", "method.n_latents=4"],
+                ["method.name=soft_tokens", "method.n_latents=4", "method.placement=prefix"],
+                ["method.name=soft_tokens", "method.n_latents=3", "method.curriculum.thoughts_per_step=2"]):
+        with pytest.raises(UserInputError, match="method"):
+            load_config(None, [*bad, "method.curriculum.enabled=true"])
