@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--early-share", type=float, default=0.5, help="calibrate the gate bias so this share of tokens exits early")
     p.add_argument("--gate-lambda", type=float, default=None, help="set sigmoid(gate bias) directly instead of calibrating")
     p.add_argument("--gate-std", type=float, default=1.0, help="std of the gate logit across tokens")
+    p.add_argument("--profile", action="store_true", help="append torch.profiler tables of every side (to explain a miss)")
     args = p.parse_args()
     env = common.setup(args)
     examples = common.countdown_data(args.batch_size, seed=args.seed + 1)
@@ -142,7 +143,11 @@ def main() -> None:
                "flops_vs_all_loops", "mfu", "peak_mb", "speedup", "speedup_min"]
     title = (f"Looped Q-exit decoding, size={args.size}, T={args.loops}, kv={args.kv_policy}, {args.batch_size} examples "
              f"decoded {chunk} at a time, max_new_tokens={args.max_new_tokens}")
+    if args.profile:
+        summary["profile"] = "tables below (torch.profiler, 3 calls each, self time)"
     common.report(title, args, env, rows, columns, summary)
+    if args.profile:
+        common.profile_tables(fns, env, args.out)
 
 
 if __name__ == "__main__":
