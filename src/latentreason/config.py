@@ -293,9 +293,9 @@ def check_generator_params(task: TaskConfig) -> None:
             raise UserInputError(f"{where}.params': expected a mapping of generator parameters, got {phase['params']!r}")
     if task.stream_curriculum and task.train_path:
         raise UserInputError("config key 'task.stream_curriculum': needs generated training data (task.train_path is set)")
-    phases = [(f"task.stream_curriculum[{i}].params", phase.get("params") or {}) for i, phase in enumerate(task.stream_curriculum)]
     if task.train_path and task.eval_path:
-        phases = []
+        return  # the generator is never called (and a curriculum with train_path was refused above)
+    phases = [(f"task.stream_curriculum[{i}].params", phase.get("params") or {}) for i, phase in enumerate(task.stream_curriculum)]
     if not task.params and not phases:
         return
     parameters = inspect.signature(get_task(task.name).iter_generate).parameters.values()
