@@ -210,14 +210,15 @@ def test_quickstart_shows_step_bars_inside_cells_and_reports_its_time(tmp_path, 
 
     calls: list = []
     monkeypatch.setattr(training, "train", _fake_train(calls))
-    table = qs.quickstart(tmp_path / "qs", progress=True)
+    table = qs.quickstart(tmp_path / "qs", progress=True, with_cot=True)
     assert calls == [True, True]  # each cell's training loop gets its progress bar
     timing = json.loads((tmp_path / "qs" / "timing.json").read_text())
     assert timing["wall_seconds"] >= 0 and timing["threads"] >= 1
     assert "quickstart took" in capsys.readouterr().out
     assert "chance_accuracy" in table and "[0.30, 0.70]" in table  # per-run CI: an interval
-    qs.quickstart(tmp_path / "qs2", progress=False)
-    assert calls[2:] == [False, False]
+    table = qs.quickstart(tmp_path / "qs2", progress=False)
+    assert calls[2:] == [False]  # by default only the No-CoT cell
+    assert "| no_cot |" in table and "| cot |" not in table
 
 
 def test_quickstart_threads_respect_omp_and_leave_busy_cores_alone(monkeypatch):

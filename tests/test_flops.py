@@ -61,6 +61,30 @@ def test_forward_flops_match_a_hand_count(name, per_layer, final_norm):
     assert train_flops(by_hand) == 3 * by_hand
 
 
+def test_a_decoupled_head_width_counts_its_own_params_and_query_key_products():
+    """model.head_dim: 4 heads of 16 at d = 32 (attention width 64, twice d). q/k/v project d -> 64 and o 64 -> d,
+    so the block has 4 * 64 d + 12 d^2 + 2 d parameters, and each (query, key) pair costs 4 * 64 per layer."""
+    torch.manual_seed(0)
+    bb = build_backbone(ModelConfig(backbone="llama-tiny", n_layer=L, n_embd=D, n_head=4, head_dim=16,
+                                    tokenizer_vocab_size=300), corpus=CORPUS)
+    assert bb.model.model.layers[0].self_attn.q_proj.weight.shape == (64, D)
+    dims = ModelDims.of(bb.model)
+    params = L * (4 * 64 * D + 12 * D * D + 2 * D) + D
+    assert (dims.n_params_layers, dims.attention_width) == (params, 64)
+    assert forward_flops(dims, 5, 3, 2) == 2 * params * 5 + 4 * L * 64 * 30 + 2 * D * len(bb.tokenizer) * 2
+    with torch.no_grad():  # and the model runs
+        assert bb.model(torch.tensor([[5, 6, 7]])).logits.shape[:2] == (1, 3)
+
+
+def test_gpt2_tiny_refuses_a_head_dim_it_cannot_have():
+    from latentreason.config import load_config
+    from latentreason.errors import UserInputError
+    with pytest.raises(UserInputError, match="model.head_dim"):
+        load_config(None, ["model.backbone=gpt2-tiny", "model.n_embd=64", "model.n_head=4", "model.head_dim=32"])
+    assert load_config(None, ["model.backbone=llama-tiny", "model.n_embd=96", "model.n_head=5",
+                              "model.head_dim=32"]).model.head_dim == 32  # n_embd need not divide by n_head then
+
+
 def test_decode_flops_is_the_sum_of_single_token_calls():
     dims = ModelDims.of(backbone().model)
     assert decode_flops(dims, 10, 0) == 0.0

@@ -226,8 +226,22 @@ def test_quickstart_trains_both_baselines_and_prints_a_table(tmp_path, capsys):
     tiny = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
             "task": {"train_size": 32, "eval_size": 4}, "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
             "eval": {"max_new_tokens": 4}}
-    table = quickstart(tmp_path / "qs", progress=False, base_overrides=tiny)
+    table = quickstart(tmp_path / "qs", progress=False, base_overrides=tiny, with_cot=True)
     assert "| cot |" in table and "| no_cot |" in table
     assert (tmp_path / "qs" / "quickstart.md").read_text().strip() == table
     for method in ("cot", "no_cot"):
         assert json.loads((tmp_path / "qs" / "runs" / method / "eval.json").read_text())["n"] == 4
+
+
+def test_quickstart_trains_its_two_cells_side_by_side_in_two_workers(tmp_path, monkeypatch):
+    """workers=2: a helper process (`latentreason sweep`) claims one cell while this process trains the other."""
+    from latentreason.quickstart import quickstart
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    tiny = {"model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
+            "task": {"train_size": 32, "eval_size": 4}, "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 1},
+            "eval": {"max_new_tokens": 4}}
+    table = quickstart(tmp_path / "qs", progress=False, base_overrides=tiny, workers=2, with_cot=True)
+    assert "| cot |" in table and "| no_cot |" in table
+    assert json.loads((tmp_path / "qs" / "timing.json").read_text())["workers"] == 2
+    assert all((tmp_path / "qs" / "runs" / m / "done.json").exists() for m in ("cot", "no_cot"))

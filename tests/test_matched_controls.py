@@ -81,3 +81,21 @@ def test_looped_control_is_one_loop() -> None:
                        for t, acc in ((1, 0.55), (4, 0.65))]
     entry = by(control_gains(rows), **{"method.name": "looped"})
     assert entry["control"] == "looped N_L=0" and entry["gain_mean"] == pytest.approx(0.10)
+
+
+def test_a_frozen_base_coprocessor_is_compared_with_its_start_run() -> None:
+    """liu / H1 at N_L = 0 would be the frozen Base, unchanged by training: the No-CoT run they start from is the
+    control. h2 (the Base trains) keeps the N_L = 0 cell trained for the same steps."""
+    rows = starts()
+    rows += [row(f"h1_s{s}", "coprocessor", 0.6 + 0.05 * s, s, f"no_cot_s{s}", n_latents=4,
+                 **{"method.coprocessor.variant": "h1"}) for s in range(3)]
+    rows += [row(f"h2_s{s}", "coprocessor", 0.7, s, f"no_cot_s{s}", n_latents=4, **{"method.coprocessor.variant": "h2"})
+             for s in range(2)]
+    rows += [row(f"h2_0_s{s}", "coprocessor", 0.65, s, f"no_cot_s{s}", n_latents=0,
+                 **{"method.coprocessor.variant": "h2"}) for s in range(2)]
+    gains = control_gains(rows)
+    h1 = by(gains, **{"method.coprocessor.variant": "h1"})
+    assert h1["control"] == "no_cot" and h1["seeds"] == 3 and "start run" in h1["wanted"]
+    assert h1["gain_mean"] == pytest.approx(statistics.fmean([0.6 - 0.5, 0.65 - 0.51, 0.7 - 0.52]))
+    h2 = by(gains, **{"method.coprocessor.variant": "h2", "method.n_latents": 4})
+    assert h2["control"].endswith("N_L=0") and h2["seeds"] == 2 and h2["gain_mean"] == pytest.approx(0.05)

@@ -45,7 +45,8 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     "soft_tokens": [{"n_latents": 2}, {"n_latents": 2, "placement": "prefix"}],
     "coconut": [{"n_latents": 2}, {"n_latents": 0, "coconut": {"max_latent_stage": 2}}],  # N_L set by the curriculum
     "coprocessor": [{"n_latents": 2, "coprocessor": {"variant": variant}} for variant in ("liu", "h1", "h2")]
-                   + [{"n_latents": 2, "coprocessor": {"variant": "h2", "injection": "kv"}}],
+                   + [{"n_latents": 2, "coprocessor": {"variant": "h2", "injection": "kv"}}]
+                   + [{"n_latents": 2, "coprocessor": {"variant": variant}, "curriculum": {"enabled": True}} for variant in ("h1", "h2")],
     "looped": [{"looped": {"loops": 3}}],
 }
 """`method` sections (besides the name) each registered method is checked with."""

@@ -143,8 +143,8 @@ def test_pretrained_run_initialises_a_finetuning_run(tmp_path):
 
 
 def test_pretraining_refuses_other_methods_and_task_evaluation(tmp_path):
-    with pytest.raises(UserInputError, match="variant=liu"):
-        pretrain_coprocessor(tiny(tmp_path / "a", "method.coprocessor.variant=h1"), progress=False)
+    with pytest.raises(UserInputError, match="train.objective.*method.name=coprocessor"):  # every variant pretrains (issue 13)
+        tiny(tmp_path / "a", "method.name=no_cot", "train.objective=pretrain")  # refused when the config loads
     with pytest.raises(UserInputError, match="method.name=coprocessor"):
         pretrain_coprocessor(tiny(tmp_path / "b", "method.name=no_cot"), progress=False)
     with pytest.raises(UserInputError, match="train.eval_every"):

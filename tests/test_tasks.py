@@ -107,6 +107,47 @@ def test_prosqa_generator_params():
             task.generate(2, seed=0, **bad)
 
 
+def test_prosqa_node_count_range_mixes_sizes_and_stays_solvable():
+    """n_nodes=[lo, hi]: each problem draws its size, raised to what its two chains need."""
+    task = get_task("prosqa")
+    problems = task.generate(120, seed=7, min_depth=1, max_depth=2, n_nodes=[4, 10])
+    sizes = [len(e.meta["idx_to_symbol"]) for e in problems]
+    assert set(sizes) == set(range(4, 11))
+    assert all(size >= len(e.steps) + 3 for size, e in zip(sizes, problems))  # two people, two chains at least
+    assert all(e.answer.rstrip(".").split()[-1] in e.question for e in problems)
+    again = task.generate(120, seed=7, min_depth=1, max_depth=2, n_nodes=[4, 10])
+    assert [e.question for e in again] == [e.question for e in problems]
+    for bad in ([3, 10], [6, 5], [4], [4, 5.5], [4, 5]):  # lo below 2 * min_depth + 2, reversed, not a pair, hi < 6
+        with pytest.raises(UserInputError, match="range"):
+            task.generate(2, seed=0, min_depth=1, max_depth=2, n_nodes=bad)
+
+
+def test_prosqa_asked_facts_last_reorders_the_same_problem():
+    """The crutch moves only the asked person's facts (to just before the question); everything else, the
+    default order included, is the problem the generator makes without it."""
+    task = get_task("prosqa")
+    plain = task.generate(30, seed=5, min_depth=1, max_depth=2, n_nodes=8)
+    moved = task.generate(30, seed=5, min_depth=1, max_depth=2, n_nodes=8, asked_facts_last=True)
+    assert [e.question for e in task.generate(30, seed=5, min_depth=1, max_depth=2, n_nodes=8)] == [e.question for e in plain]
+    for a, b in zip(plain, moved):
+        assert (a.answer, a.steps, a.meta["edges"]) == (b.answer, b.steps, b.meta["edges"])
+        facts_a, question = a.question.rsplit(". Is ", 1)
+        facts_b, question_b = b.question.rsplit(". Is ", 1)
+        assert question == question_b and sorted(facts_a.split(". ")) == sorted(facts_b.split(". "))
+        person = question.split()[0]
+        own = [f.startswith(person + " is a") for f in facts_b.split(". ")]
+        assert own == sorted(own) and own[-1]  # the asked person's facts, and only they, come last
+    assert sum(a.question != b.question for a, b in zip(plain, moved)) > 10
+    with pytest.raises(UserInputError, match="asked_facts_last"):
+        task.generate(1, seed=0, asked_facts_last="yes")
+
+
+def test_prosqa_asked_facts_last_is_refused_where_it_would_reach_the_eval_split():
+    from latentreason.config import load_config
+    with pytest.raises(UserInputError, match="stream_curriculum"):
+        load_config(None, ["task.name=prosqa", "task.params.asked_facts_last=true"])
+
+
 def test_prosqa_written_file_loads_back(prosqa_generated, tmp_path):
     path = tmp_path / "gen.json"
     pq.write_records(prosqa_generated[:10], str(path))

@@ -50,7 +50,8 @@ def _qwen3(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
     config = Qwen3Config(
         vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=max(1, cfg.n_head // 2),
-        head_dim=cfg.n_embd // cfg.n_head, max_position_embeddings=cfg.max_positions, attention_dropout=cfg.dropout,
+        head_dim=cfg.head_dim or cfg.n_embd // cfg.n_head, max_position_embeddings=cfg.max_positions,
+        attention_dropout=cfg.dropout,
         tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=0,
     )
     return Qwen3ForCausalLM(config)
@@ -60,6 +61,7 @@ def _llama(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        head_dim=cfg.head_dim or cfg.n_embd // cfg.n_head,
         max_position_embeddings=cfg.max_positions, attention_dropout=cfg.dropout, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=1, pad_token_id=0,
     )

@@ -56,10 +56,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config, overrides = _split_config(args.config, args.overrides)
     cfg = load_config(config, overrides)
-    check_run_inputs(cfg)
+    pretraining = cfg.train.objective == "pretrain"  # train() hands it to pretrain_coprocessor
+    check_run_inputs(cfg, command="pretrain-coprocessor" if pretraining else "train")
     from latentreason.training import train  # heavy (torch, transformers): only once the input is known good
 
     summary = train(cfg, progress=not args.quiet)
+    if pretraining:
+        print(json.dumps(summary, indent=2))
+        return
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "chance_accuracy", "shortcut_ceiling", "n", "forward_passes_per_answer") if k in summary}))
 
 
@@ -182,7 +186,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     from latentreason.config import parse_overrides
     from latentreason.quickstart import quickstart
 
-    quickstart(args.out, progress=not args.quiet, base_overrides=parse_overrides(args.overrides))
+    quickstart(args.out, progress=not args.quiet, base_overrides=parse_overrides(args.overrides), workers=args.workers,
+               with_cot=args.with_cot)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -231,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 method.n_latents=4")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("pretrain-coprocessor", help="Liu-style coprocessor pretraining on plain text (M points x N_A ahead tokens)")
+    p = sub.add_parser("pretrain-coprocessor", help="Liu-style coprocessor pretraining on plain text (M points x N_A ahead tokens; variant liu, h1 or h2)")
     p.add_argument("config", nargs="?", help="YAML config (see configs/coprocessor_sweep_pretrain.yaml)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_cmd_pretrain)
@@ -254,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="task options, e.g. branching=5")
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("quickstart", help="tiny ProsQA run: CoT vs No-CoT on CPU, prints a table")
+    p = sub.add_parser("quickstart", help="tiny ProsQA run on CPU: No-CoT (and CoT with --with-cot), prints a table")
     p.add_argument("--out", default="runs/quickstart", help="output dir (default under the git-ignored runs/)")
+    p.add_argument("--with-cot", action="store_true", help="also train the CoT baseline (a second cell, side by side)")
+    p.add_argument("--workers", type=int, default=0, choices=(0, 1, 2),
+                   help="cells trained at once: 2 = side by side in two processes (default 0: 2 when 2+ threads are free)")
     p.add_argument("overrides", nargs="*", help="changes to its run config, e.g. model.backbone=qwen3-tiny")
     p.set_defaults(func=_cmd_quickstart)
 

@@ -17,7 +17,15 @@ import yaml
 
 from latentreason.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
 from latentreason.errors import UserInputError
-from latentreason.methods.options import CoconutConfig, CoprocessorConfig, LoopedConfig, MethodConfig, MethodName, check_method_options
+from latentreason.methods.options import (
+    PRETRAINING_METHODS,
+    CoconutConfig,
+    CoprocessorConfig,
+    LoopedConfig,
+    MethodConfig,
+    MethodName,
+    check_method_options,
+)
 
 # The field types (config_types.py) and the `method` section with each method's own options (methods/options.py,
 # beside the methods) live in torch-free modules of their own; re-exported so `from latentreason.config import
@@ -45,6 +53,10 @@ class ModelConfig:
     """Hidden width of a from-scratch tiny model."""
     n_head: PositiveInt = 4
     """Attention heads of a from-scratch tiny model."""
+    head_dim: PositiveInt | None = None
+    """Width of each attention head of a from-scratch llama-tiny / qwen3-tiny model (default n_embd // n_head).
+    Many heads of 32 dims get a tiny model past the ProsQA binding plateau sooner (docs/LOG.md, 2026-12-02);
+    setting it lets the head count grow without widening the model. gpt2-tiny cannot decouple it."""
     max_positions: PositiveInt = 512
     """Maximum sequence length of a from-scratch tiny model."""
     tokenizer_vocab_size: PositiveInt = 1024
@@ -108,6 +120,10 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 0.01
     warmup_steps: NonNegativeInt = 20
     """Linear warmup steps before cosine decay to 10% of lr."""
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    """After warmup: `cosine` decay to 10% of lr, or `wsd` (warmup-stable-decay): lr held until the last 20% of
+    the steps, then a linear decay to 10%. A plateau that breaks late (ProsQA's binding step) needs the full lr
+    when it breaks; cosine has cut it to a quarter by 75% of the run."""
     max_grad_norm: PositiveFloat = 1.0
     nonfinite: Literal["stop", "skip"] = "stop"
     """At a non-finite loss or gradient norm: `stop` (exit 3, the last good checkpoint kept; resume with
@@ -154,6 +170,11 @@ class TrainConfig:
     would all-gather it each time), true for single-pass ones."""
     init_from: str | None = None
     """Run dir whose final weights initialise the model (e.g. Coconut from a CoT checkpoint)."""
+    objective: Literal["task", "pretrain"] = "task"
+    """What the run trains: `task` (the method's loss on the task's examples, then the task evaluation) or
+    `pretrain` (method.name=coprocessor only: Coprocessor pretraining on text with method.coprocessor.pretrain_*,
+    as `latentreason pretrain-coprocessor` runs it, measured by ahead-token perplexity instead of accuracy).
+    A sweep cell with `pretrain` is a pretraining cell that fine-tuning cells start from (`train.init_from`)."""
 
 
 @dataclass
@@ -259,11 +280,16 @@ def validate(config: RunConfig) -> None:
 
     model = config.model
     if model.backbone in TINY_BACKBONE_NAMES:
-        if model.n_embd % model.n_head:
-            raise UserInputError(f"config key 'model.n_embd': {model.n_embd} is not divisible by model.n_head={model.n_head}")
-        head_dim = model.n_embd // model.n_head
+        if model.head_dim is not None and model.backbone == "gpt2-tiny" and model.head_dim * model.n_head != model.n_embd:
+            raise UserInputError(f"config key 'model.head_dim': gpt2-tiny splits n_embd={model.n_embd} evenly over its "
+                                 f"n_head={model.n_head} heads, so head_dim must be unset or n_embd // n_head; got "
+                                 f"{model.head_dim} (llama-tiny and qwen3-tiny accept any even head_dim)")
+        if model.head_dim is None and model.n_embd % model.n_head:
+            raise UserInputError(f"config key 'model.n_embd': {model.n_embd} is not divisible by model.n_head={model.n_head} "
+                                 "(or set model.head_dim for llama-tiny / qwen3-tiny)")
+        head_dim = model.head_dim or model.n_embd // model.n_head
         if model.backbone != "gpt2-tiny" and head_dim % 2:
-            raise UserInputError(f"config key 'model.n_embd': {model.backbone} needs an even head size (rotary embeddings), got n_embd/n_head = {head_dim}")
+            raise UserInputError(f"config key 'model.{'head_dim' if model.head_dim else 'n_embd'}': {model.backbone} needs an even head size (rotary embeddings), got {head_dim}")
         if model.backbone == "qwen3-tiny" and model.n_head % max(1, model.n_head // 2):
             raise UserInputError(f"config key 'model.n_head': qwen3-tiny uses n_head // 2 key-value heads, which must divide n_head={model.n_head}")
     elif model.backbone not in PRETRAINED_ALIASES:
@@ -272,6 +298,16 @@ def validate(config: RunConfig) -> None:
         backbone_kind(model.backbone)
     check_generator_params(config.task)
     check_method_options(config.method)  # methods/options.py: the checks across method.* fields
+    if config.train.objective == "pretrain":
+        if config.method.name not in PRETRAINING_METHODS:
+            raise UserInputError(f"config key 'train.objective': pretrain trains the Base + Coprocessor; it needs method.name="
+                                 f"{' or '.join(PRETRAINING_METHODS)}, got {config.method.name!r}")
+        if config.method.curriculum.enabled:
+            raise UserInputError("config key 'train.objective': pretraining reads plain text, with no reasoning steps to "
+                                 "replace: leave method.curriculum.enabled off")
+        if config.train.eval_every or config.train.bucket_by_length:
+            raise UserInputError("config key 'train.objective': pretraining has no task answers to score (train.eval_every) and "
+                                 "equal-length sequences (train.bucket_by_length): leave both off")
 
 
 def check_generator_params(task: TaskConfig) -> None:
@@ -295,6 +331,10 @@ def check_generator_params(task: TaskConfig) -> None:
         raise UserInputError("config key 'task.stream_curriculum': needs generated training data (task.train_path is set)")
     if task.train_path and task.eval_path:
         return  # the generator is never called (and a curriculum with train_path was refused above)
+    if task.params.get("asked_facts_last"):
+        raise UserInputError("config key 'task.params.asked_facts_last': a training crutch (the last fact then answers "
+                             "one-hop problems), and task.params also makes the eval split; set it in a "
+                             "task.stream_curriculum phase instead")
     phases = [(f"task.stream_curriculum[{i}].params", phase.get("params") or {}) for i, phase in enumerate(task.stream_curriculum)]
     if not task.params and not phases:
         return

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from latentreason.config import RunConfig, from_dict, read_yaml
 from latentreason.errors import UserInputError
@@ -105,6 +105,20 @@ def flat_value(config: Any, key: str) -> Any:
     return config
 
 
+def identity_parts(config: RunConfig, keys: Sequence[str]) -> list[str]:
+    """The identifying keys' values for a title: a plain value ("h2"), or `section.key=value` for a key of an
+    option section with an `enabled` switch (method.curriculum), left out while that section is off."""
+    parts = []
+    for key in keys:
+        section_key, name = key.rsplit(".", 1)
+        section = flat_value(config, section_key)
+        if not hasattr(section, "enabled"):
+            parts.append(str(flat_value(config, key)))
+        elif section.enabled:
+            parts.append(f"{section_key.split('.')[-1]}.{name}={flat_value(config, key)}")
+    return parts
+
+
 def model_card(config: RunConfig, evaluation: dict | None, run_dir: Path, manifest: dict, params: dict[str, int]) -> str:
     """README.md: what the method is, how to load it, its eval.json numbers and its full config."""
     from latentreason.methods import method_class
@@ -112,7 +126,7 @@ def model_card(config: RunConfig, evaluation: dict | None, run_dir: Path, manife
     method = config.method
     method_type = method_class(method.name)
     # The values of the keys that tell this method's configurations apart, e.g. "coprocessor (h2)".
-    identity = ", ".join(str(flat_value(config, key)) for key in method_type.identifying_keys)
+    identity = ", ".join(identity_parts(config, method_type.identifying_keys))
     label = method.name + (f" ({identity})" if identity else "")
     budget = f", N_L = {method.n_latents}" if method.n_latents else ""
     lines = [

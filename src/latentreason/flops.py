@@ -36,6 +36,8 @@ class ModelDims:
     n_params_layers: int
     """Parameters inside the decoder layers and final norm (the part every token pays for, 2 FLOPs each):
     all parameters minus token embeddings, an untied LM head and learned position embeddings."""
+    attention_width: int = 0
+    """Heads x head width of the query/key products (0: d_model, the usual n_head * head_dim = d_model)."""
 
     @classmethod
     def of(cls, model: nn.Module) -> "ModelDims":
@@ -53,12 +55,15 @@ class ModelDims:
         pos = getattr(getattr(model, "transformer", None), "wpe", None)
         if pos is not None:
             n_other += pos.weight.numel()
-        return cls(n_layer=n_layer, d_model=d_model, vocab_size=embed.shape[0], n_params_layers=total - n_other)
+        heads, head_dim = getattr(cfg, "num_attention_heads", None), getattr(cfg, "head_dim", None)
+        width = heads * head_dim if heads and head_dim else 0
+        return cls(n_layer=n_layer, d_model=d_model, vocab_size=embed.shape[0], n_params_layers=total - n_other,
+                   attention_width=width if width != d_model else 0)
 
 
 def stack_flops(dims: ModelDims, tokens: Number, pairs: Number) -> Number:
     """One pass of the layer stack over `tokens` queries that attend `pairs` (query, key) pairs in total."""
-    return 2.0 * dims.n_params_layers * tokens + 4.0 * dims.n_layer * dims.d_model * pairs
+    return 2.0 * dims.n_params_layers * tokens + 4.0 * dims.n_layer * (dims.attention_width or dims.d_model) * pairs
 
 
 def head_flops(dims: ModelDims, tokens: float = 1) -> float:

@@ -1,11 +1,14 @@
-"""`latentreason pretrain-coprocessor`: the Coprocessor's pretraining objective on plain text
-(methods/coprocessor_pretrain.py, Liu et al. 2024) trained by the one training loop, so it has what `train`
-has: Accelerate (devices, DDP, mixed precision), atomic checkpoints with exact resume, Ctrl-C / SIGTERM at
-step boundaries, the non-finite guard and the run-dir lock.
+"""`latentreason pretrain-coprocessor` (or any run with `train.objective: pretrain`, e.g. a sweep cell): the
+Coprocessor's pretraining objective on plain text (methods/coprocessor_pretrain.py, Liu et al. 2024) for
+every variant (liu, h1, h2), trained by the one training loop, so it has what `train` has: Accelerate
+(devices, DDP, mixed precision), atomic checkpoints with exact resume, Ctrl-C / SIGTERM at step boundaries,
+the non-finite guard and the run-dir lock.
 
 The run dir holds what a train run dir holds (config.yaml, tokenizer/, metrics.jsonl, model.safetensors:
-the whole Coprocessor method, the `train.init_from` of a fine-tuning run), with done.json and pretrain.json
-giving the ahead-token perplexities with and without latents before and after pretraining.
+the whole Coprocessor method, the `train.init_from` of a fine-tuning run of the same variant), with
+done.json and pretrain.json giving the ahead-token perplexities with and without latents before and after
+pretraining; no eval.json (there is no task accuracy), so sweep tables leave it out and the report lists
+it with its perplexities (results.pretraining_rows).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ def build_pretraining_run(cfg: RunConfig, out_dir: Path | None = None) -> Run:
 
 
 def pretrain_coprocessor(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = None, evaluate_at_end: bool = True) -> dict:
-    """Pretrain the Coprocessor (+ soft tokens) of a `coprocessor` method with variant `liu` on plain text.
+    """Pretrain a `coprocessor` method of any variant on plain text: its Coprocessor and soft tokens, and
+    with variant h2 its Base too (fully or through LoRA).
 
-    The Base comes from `train.init_from` (e.g. a No-CoT run) and stays frozen. Uses the training loop's keys
+    The Base comes from `train.init_from` (e.g. a No-CoT run). Uses the training loop's keys
     (train.lr, weight_decay, warmup_steps, max_grad_norm, batch_size, grad_accum, seed, precision,
     checkpoint_every, nonfinite; the run length is train.epochs over the packed text, capped by
     train.max_steps), method.n_latents and method.coprocessor.pretrain_*. `stop_after_steps` and

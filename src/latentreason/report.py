@@ -27,6 +27,7 @@ from latentreason.results import (
     method_label,
     named_starts,
     paired_gains,
+    pretraining_rows,
 )
 from latentreason.tables import markdown_table
 
@@ -99,8 +100,9 @@ def write_report(sweep_dir: str | Path) -> str:
     """
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
-    if not rows:
-        raise UserInputError("no finished runs in this sweep (nothing with eval.json under runs/)", path=str(sweep_dir))
+    pretraining = pretraining_rows(sweep_dir)
+    if not rows and not pretraining:
+        raise UserInputError("no finished runs in this sweep (nothing with eval.json or pretrain.json under runs/)", path=str(sweep_dir))
     table = aggregate(rows)
     branchings: dict[str, set] = {}
     for row in table:
@@ -166,6 +168,14 @@ def write_report(sweep_dir: str | Path) -> str:
               "Shortcut ceiling: best accuracy of a no-reasoning heuristic on the same eval examples (tasks/audit.py; "
               "blank for runs evaluated before it existed). Accuracy at or below either is no evidence of reasoning.", ""]
     lines += [_results_table(table, branching_varies, axes), ""]
+    if pretraining:
+        lines += ["## Coprocessor pretraining cells", "",
+                  "Cells with `train.objective: pretrain` (Liu et al. 2024: M augmentation points per packed text sequence, "
+                  "N_A ahead tokens each) have no task accuracy, so they are not in the tables above; the cells that start "
+                  "from one name it in `train.init_from`. Ahead-token perplexity on the eval text's fixed points, with the "
+                  "Coprocessor's latents and with the Base alone, before and after pretraining (the Base alone changes only "
+                  "where it trains, h2).", ""]
+        lines += [_pretraining_table(pretraining), ""]
     if gains:
         lines += ["## Gain over the starting model (paired by seed)", "",
                   "Accuracy of each latent configuration minus that of the run it was initialised from (`train.init_from`: "
@@ -230,6 +240,16 @@ def _results_table(table: list[dict[str, Any]], branching_varies: set[str], axes
             _fmt(row.get("flops_per_answer"), ".3g"), _fmt(row.get("forward_passes_per_answer"), ".1f"),
             "" if seconds is None else f"{1000 * seconds:.2f}",
         ])))
+    return markdown_table(cells, header)
+
+
+def _pretraining_table(rows: list[dict[str, Any]]) -> str:
+    header = ["run", "pretrained", "N_L", "steps", "ppl with latents (before -> after)", "ppl Base alone (before -> after)"]
+    cells = [dict(zip(header, [
+        row["run"], row["label"], str(row.get("method.n_latents")), str(row.get("steps")),
+        f"{_fmt(row.get('before.ppl_with_latents'), '.3f')} -> {_fmt(row.get('after.ppl_with_latents'), '.3f')}",
+        f"{_fmt(row.get('before.ppl_without_latents'), '.3f')} -> {_fmt(row.get('after.ppl_without_latents'), '.3f')}",
+    ])) for row in rows]
     return markdown_table(cells, header)
 
 

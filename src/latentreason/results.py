@@ -1,6 +1,7 @@
 """A sweep's finished cells as rows, grouped into configurations: means and CIs over seeds, paired gains.
 
     rows = collect(sweep_dir)      # one flat dict per finished cell: {"run", "method.name", ..., "accuracy", ...}
+    pretraining_rows(sweep_dir)    # the pretraining cells (no accuracy): ahead-token perplexities before / after
     table = aggregate(rows)        # one entry per configuration, mean and 95% CI over its seeds
     gains = paired_gains(rows)     # per configuration: accuracy minus that of the run it started from
     controls = control_gains(rows) # per latent configuration: accuracy minus that of its matched no-latent control
@@ -50,7 +51,10 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per finished cell: its config (flattened) and its eval summary."""
+    """One row per finished cell with a task evaluation: its config (flattened) and its eval summary.
+    Pretraining cells (no accuracy) are `pretraining_rows`; a cell that starts from one gets its name in
+    `start_label` (named_starts reads it)."""
+    pretrained = {row["run"]: row["label"] for row in pretraining_rows(sweep_dir)}
     rows = []
     for run_dir in sorted((Path(sweep_dir) / "runs").glob("*")):
         if not (run_dir / "eval.json").exists() or not (run_dir / "config.yaml").exists():
@@ -58,7 +62,32 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         config = flatten(read_yaml(run_dir / "config.yaml"))
         summary = json.loads((run_dir / "eval.json").read_text())
         done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
-        rows.append({"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")})
+        row = {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")}
+        start = Path(str(config.get("train.init_from") or "")).name
+        if start in pretrained:
+            row["start_label"] = pretrained[start]
+        rows.append(row)
+    return rows
+
+
+PRETRAINING_SUMMARY = "pretrain.json"
+"""Written by a finished Coprocessor pretraining run (pretraining.py) in place of eval.json."""
+
+
+def pretraining_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished pretraining cell (`train.objective: pretrain`): its config (flattened), steps, and
+    the ahead-token perplexities with and without latents before and after (`before.ppl_with_latents`, ...),
+    plus `label`, the name the cells that start from it show (e.g. "pretrained coprocessor-h1 M=4 N_A=8")."""
+    rows = []
+    for run_dir in sorted((Path(sweep_dir) / "runs").glob("*")):
+        if not (run_dir / PRETRAINING_SUMMARY).exists() or not (run_dir / "config.yaml").exists():
+            continue
+        config = flatten(read_yaml(run_dir / "config.yaml"))
+        summary = json.loads((run_dir / PRETRAINING_SUMMARY).read_text())
+        row = {"run": run_dir.name, **config, **flatten({k: summary.get(k) for k in ("before", "after") if summary.get(k)}),
+               "steps": summary.get("steps"), "train_seconds": summary.get("train_seconds")}
+        label = f"{method_label(row)} M={row.get('method.coprocessor.pretrain_points')} N_A={row.get('method.coprocessor.pretrain_ahead')}"
+        rows.append(row | {"label": f"pretrained {label}"})
     return rows
 
 
@@ -184,6 +213,9 @@ def named_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         start = by_run.get(Path(str(row.get("train.init_from"))).name) if row.get("train.init_from") else None
+        if start is None and row.get("start_label"):  # a pretraining cell of the sweep (collect names it)
+            out.append(dict(row, **{"train.init_from": row["start_label"]}))
+            continue
         out.append(row if start is None else dict(row, **{"train.init_from": method_label(start)}))
     return out
 
@@ -302,6 +334,8 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     varies outside `method.*` (task, model, train: epochs, lr, ...; eval) and on the seed keys. So Coconut
     N_L = 8 from seed 1's CoT run is compared with seed 1's CoT continued from that run for the same epochs,
     soft tokens with the same soft-token configuration at N_L = 0. Identical duplicates: the first by run name.
+    A method whose control_overrides is {} (liu and H1: a frozen Base without latents is its start, unchanged
+    by any number of steps) is compared with the start run itself, when that run is a cell of the sweep.
 
     One entry per latent configuration (configuration_axes, as in paired_gains): `control` (its description,
     None when no cell of the sweep is one), `wanted` (the overrides, so a missing control can be added),
@@ -322,17 +356,24 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if control_overrides(row) is None:
             candidates.setdefault(identity(row), row)
     original = {id(n): row for row, n in zip(rows, named)}
+    by_run = {row["run"]: row for row in rows}
+
+    def control_of(row: dict[str, Any]) -> dict[str, Any] | None:
+        overrides = control_overrides(row)
+        if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
+            return by_run.get(_start_run(row, runs))
+        return candidates.get(identity(dict(row, **overrides)))
+
     out = []
     for key, members in group_rows([n for row, n in zip(rows, named) if control_overrides(row) is not None], axes).items():
         overrides = control_overrides(original[id(members[0])])
-        pairs = [(row, candidates.get(identity(dict(row, **control_overrides(row)))))
-                 for row in (original[id(m)] for m in members)]
+        pairs = [(row, control_of(row)) for row in (original[id(m)] for m in members)]
         gains = [row["accuracy"] - control["accuracy"] for row, control in pairs if control is not None]
         mean, half = mean_ci95(gains) if gains else (None, None)
         controls = [control for _, control in pairs if control is not None]
         out.append(dict(zip(axes, key)) | _method_facts(members[0]) | {
             "control": _describe(controls[0]) if controls else None,
-            "wanted": ", ".join(f"{k}={v}" for k, v in overrides.items()),
+            "wanted": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its start run (train.init_from) as a cell",
             "seeds": len(gains), "unpaired": len(pairs) - len(gains), "gain_mean": mean, "gain_ci95_half": half,
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
         })

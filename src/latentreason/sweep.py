@@ -20,7 +20,9 @@ config.yaml, metrics and eval.json. Every cell is resolved and validated (`resol
 one trains.
 A value may reference another cell's run dir: `train.init_from: "{cell:method.name=cot}"` resolves to the
 dir of the cell with those overrides and the same remaining grid values (e.g. the same seed/task), which is
-run first. That is how Coconut starts from CoT and a frozen Base comes from a No-CoT run.
+run first. That is how Coconut starts from CoT and a frozen Base comes from a No-CoT run. A cell with
+`train.objective: pretrain` is a Coprocessor pretraining cell (pretraining.py): fine-tuning cells start from
+it with `train.init_from: "{cell:train.objective=pretrain}"` (configs/pretrain_then_finetune_sweep.yaml).
 
 With `analyze: true` a sweep analyses every finished cell that has no analysis.json yet (analysis/runs.py),
 so analyses resume too. Tables: results.py; the report: report.py.
@@ -129,7 +131,9 @@ def cell_config(sweep: SweepConfig, cell: dict[str, Any], cells: list[dict[str, 
             return {k: resolve(v) for k, v in node.items()}
         if isinstance(node, str) and (match := CELL_REF.match(node)):
             wanted = parse_flat(match.group(1))
-            target = {**{k: v for k, v in cell.items() if k not in wanted}, **wanted}
+            # The cell's own references are not matched: the start of a start (e.g. the No-CoT cell a
+            # pretraining cell starts from) tells no cell apart, as in cell_name.
+            target = {**{k: v for k, v in cell.items() if k not in wanted and not is_reference(v)}, **wanted}
             # Keys that the referenced cell's group does not vary are dropped (e.g. n_latents for cot).
             matches = [c for c in cells if all(c.get(k) == v for k, v in target.items() if k in c) and all(c.get(k) == v for k, v in wanted.items())]
             if not matches:
@@ -140,6 +144,11 @@ def cell_config(sweep: SweepConfig, cell: dict[str, Any], cells: list[dict[str, 
 
     data = resolve(data)
     return from_dict(RunConfig, data), dependencies
+
+
+def is_reference(value: Any) -> bool:
+    """A `{cell:...}` value."""
+    return isinstance(value, str) and CELL_REF.match(value) is not None
 
 
 def parse_flat(text: str) -> dict[str, Any]:
@@ -351,7 +360,8 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
                 (run_dir / "error.txt").write_text(f"not run: the cell it starts from, {cell_name(dependency)}, failed\n")
                 return settle(name, "failed", bar)
         needs_training = not (run_dir / "done.json").exists()
-        needs_analysis = sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists()
+        analyzed = cfg.train.objective == "task"  # a pretraining cell has no task answers to analyse
+        needs_analysis = sweep.analyze and analyzed and not (run_dir / "analysis" / "analysis.json").exists()
         if not (needs_training or needs_analysis):
             return settle(name, "done", bar)
         if not _claim(run_dir):
@@ -372,7 +382,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
                     return settle(name, "failed", bar)
             # Analyses resume on their own: a finished cell without analysis.json (sweep re-run with analyze:
             # true, or an analysis that crashed) is analysed now. A failed analysis never fails the cell.
-            if sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists():
+            if needs_analysis and not (run_dir / "analysis" / "analysis.json").exists():
                 try:
                     analysis_runs.analyze_run(run_dir, progress=False)
                     (run_dir / "analysis_error.txt").unlink(missing_ok=True)

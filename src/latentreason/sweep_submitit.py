@@ -62,7 +62,7 @@ def run_cell_job(config: dict[str, Any], analyze: bool) -> str:
             except Exception:
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 return "failed"
-        if analyze and not (run_dir / "analysis" / "analysis.json").exists():
+        if analyze and cfg.train.objective == "task" and not (run_dir / "analysis" / "analysis.json").exists():  # pretraining: nothing to analyse
             try:
                 analyze_run(run_dir, progress=False)
                 (run_dir / "analysis_error.txt").unlink(missing_ok=True)
@@ -153,7 +153,8 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(f"not run: the cell it starts from, {broken[0]}, did not finish\n")
                 status[name] = "failed"
-            elif (run_dir / "done.json").exists() and not (sweep.analyze and not (run_dir / "analysis" / "analysis.json").exists()):
+            elif (run_dir / "done.json").exists() and not (sweep.analyze and cfg.train.objective == "task"
+                                                            and not (run_dir / "analysis" / "analysis.json").exists()):
                 status[name] = "done"
             else:
                 jobs[name] = executor.submit(job_function, to_dict(cfg), sweep.analyze)

@@ -151,12 +151,15 @@ def epoch_examples(run: Run, tc: TrainConfig, epoch: int, per_epoch: int) -> tup
     return held, bucket_by_length(list(range(per_epoch)), [example_length(e) for e in held], tc.batch_size)
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warmup, then cosine decay to 10% of the peak (`cosine`), or the peak held until the last 20% of
+    the steps and a linear decay to 10% there (`wsd`, warmup-stable-decay)."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "wsd":
+        return 1.0 - 0.9 * max(0.0, progress - 0.8) / 0.2
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def mixed_precision(precision: str) -> str:
@@ -181,8 +184,14 @@ def train(cfg: RunConfig, progress: bool = True, stop_after_steps: int | None = 
     `stop_after_steps` returns right after the checkpoint of that step, as if the process were killed
     there (tests use it to check that resuming equals an uninterrupted run). `build` makes the run from the
     config (default build_run; pretraining.py passes one whose run trains an Objective); `command` is the
-    CLI command that resumes the run, named in messages and recorded in its checkpoints.
+    CLI command that resumes the run, named in messages and recorded in its checkpoints. A config with
+    `train.objective: pretrain` (and no `build`) is handed to pretraining.pretrain_coprocessor, so a sweep
+    cell or `latentreason train` runs it as `latentreason pretrain-coprocessor` would.
     """
+    if build is None and cfg.train.objective == "pretrain":  # a pretraining config, wherever it is trained (a sweep cell)
+        from latentreason.pretraining import pretrain_coprocessor  # built on this loop: imported when asked
+
+        return pretrain_coprocessor(cfg, progress, stop_after_steps, evaluate_at_end)
     out = Path(cfg.out_dir)
     refuse_finished_run(out)
     main = is_main_rank()
@@ -306,7 +315,7 @@ def build_optimizer(loop: Loop) -> None:
     tc = loop.config.train
     trainable = [p for p in loop.run.trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95), fused=torch.cuda.is_available())
-    loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, loop.total_steps))
+    loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, loop.total_steps, tc.lr_schedule))
     loop.model, loop.optimizer = loop.accelerator.prepare(loop.run.trained, optimizer)
     loop.trainable = [p for p in loop.model.parameters() if p.requires_grad]  # FSDP2 replaces parameters by sharded DTensors
 

@@ -137,7 +137,9 @@ class LatentMethod(nn.Module):
     def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
         """Flat config keys that turn this latent configuration into its matched no-latent control (trained
         from the same start, for the same steps, on the same data: results.control_gains looks that cell up);
-        None for a configuration without latents (it is a control). Default: the same configuration at N_L = 0."""
+        None for a configuration without latents (it is a control); {} when no training could make a no-latent
+        version differ from the start (a frozen Base), so the start run itself is the control. Default: the same
+        configuration at N_L = 0."""
         return {"method.n_latents": 0} if cls.latent_budget(config) > 0 else None
 
     @classmethod

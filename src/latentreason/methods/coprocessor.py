@@ -30,6 +30,21 @@ How step 3 reads the latents (the injection):
 Variants: `liu` and `h1` freeze the Base (gradients still flow *through* it into the Coprocessor);
 `h2` trains both, fully or through LoRA adapters on the Base (PEFT, injected in place).
 
+Curriculum (`method.curriculum.enabled`, Coconut's stages, methods/curriculum.py; the run starts from CoT
+weights through train.init_from): stage s replaces the first s reasoning steps by k = s*c latents, and step 3
+reads
+
+    question[:-1] (cached) | z_1 .. z_k | last question token | steps[s:] answer
+
+with the loss on the remaining steps and the answer (positions as above: the steps continue at q_len). The
+Coprocessor's N_L soft-token queries are one fixed set and stage s uses the first k of them: the Coprocessor is
+causal, so its first k latents are the same whether or not the later queries run, and stage s computes
+exactly the first k of the N_L latents the final stage (and evaluation) computes. After the last stage
+(s > N_L / c) every step is removed and all N_L latents are read: the answer-only layout that generation
+always uses. Stage 0 (no latent) is exactly the Base's CoT loss. Liu and h1 freeze the Base, so stage 0
+would train nothing: their curriculum starts at stage 1 (`StepCurriculum.first_stage`). h2 trains the
+Base alone at stage 0 (the Coprocessor is not run; under DDP that needs train.find_unused_parameters).
+
 Loading: the Base is `model.*` (the same names as every other method), so a No-CoT checkpoint given as
 `train.init_from` loads into the Base; when the checkpoint has no `coprocessor.*` weights and
 `init: base`, the Coprocessor is initialised from the same checkpoint (see `load_state_dict`).
@@ -52,6 +67,7 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import ModelDims, decode_flops, forward_flops
 from latentreason.methods.base import Generation, LatentMethod
+from latentreason.methods.curriculum import CurriculumStages, StepCurriculum, stage_batch
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
 VARIANTS = ("liu", "h1", "h2")
@@ -122,21 +138,35 @@ def add_lora(model: PreTrainedModel, rank: int) -> None:
     inject_adapter_in_model(config, model)
 
 
-class Coprocessor(LatentMethod):
+class Coprocessor(CurriculumStages, LatentMethod):
     """A frozen or trained Base plus a same-architecture Coprocessor that writes N_L latents for it."""
 
     name = "coprocessor"
     multi_pass = True
     trains_on_steps = False
     inserts_latent_slots = True
-    identifying_keys = ("method.coprocessor.variant",)
+    identifying_keys = ("method.coprocessor.variant", "method.curriculum.enabled", "method.curriculum.thoughts_per_step",
+                        "method.curriculum.epochs_per_stage")
     description = ("Base + Coprocessor (Liu et al. 2024): the Coprocessor (`coprocessor/`) reads the Base's question cache "
                    "and N_L soft tokens (`soft_tokens` in `latent_method.safetensors`) and writes N_L latents the Base "
                    "(this directory's model) reads before answering.")
 
     @classmethod
+    def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
+        """h2: the same configuration at N_L = 0 (the Base trained alone for the same steps). liu and H1 keep the
+        Base frozen, so without latents nothing would train: their control is the start run itself ({})."""
+        if cls.latent_budget(config) < 1:
+            return None
+        return {} if config.coprocessor.variant in FROZEN_BASE_VARIANTS else {"method.n_latents": 0}
+
+    @classmethod
     def label(cls, config: MethodConfig) -> str:
-        return f"coprocessor-{config.coprocessor.variant}"
+        label = f"coprocessor-{config.coprocessor.variant}"
+        return f"{label}+curriculum" if config.curriculum.enabled else label
+
+    @classmethod
+    def uses_steps(cls, config: MethodConfig) -> bool:
+        return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
     @classmethod
     def random_base_warning(cls, config: MethodConfig, backbone: str) -> str | None:
@@ -185,6 +215,15 @@ class Coprocessor(LatentMethod):
             add_lora(self.model, cc.lora_rank)
             self.dims = ModelDims.of(self.model)  # unmerged adapters cost FLOPs too
         self.coprocessor_dims = ModelDims.of(self.coprocessor)
+        curriculum = config.curriculum
+        self.curriculum = StepCurriculum(
+            curriculum.thoughts_per_step, curriculum.epochs_per_stage, self.n_latents // curriculum.thoughts_per_step,
+            curriculum.reset_optimizer, pad_latent_to_max=True, first_stage=1 if self.variant in FROZEN_BASE_VARIANTS else 0,
+        ) if curriculum.enabled else None
+        """Coconut's stage rules; pad_latent_to_max: one slot count per batch (the first k of the N_L queries).
+        Frozen-Base variants start at stage 1: at stage 0 nothing they train is reached."""
+        self.stage = self.curriculum.final_stage if self.curriculum else 0
+        """The stage `collate` lays batches out for (set_epoch moves it; generation always uses the final one)."""
         self._freeze_unreachable()
 
     def _freeze_unreachable(self) -> None:
@@ -196,8 +235,10 @@ class Coprocessor(LatentMethod):
         """
         eos = self.ids["eos"]
         probe = EncodedExample(question_ids=[eos, eos], step_ids=[], answer_ids=[eos, eos], example=None)  # type: ignore[arg-type]
+        stage, self.stage = self.stage, self.curriculum.final_stage if self.curriculum else 0  # every latent in use
         with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may build us under no_grad
             self.loss(self.collate([probe])).backward()
+        self.stage = stage
         for parameter in self.coprocessor.parameters():
             if parameter.grad is None:
                 parameter.requires_grad_(False)
@@ -210,20 +251,21 @@ class Coprocessor(LatentMethod):
         lm_forward(body(self.model), self.embed(question_ids), question_mask, positions_from_mask(question_mask), cache)
         return cache
 
-    def latents(self, cache: DynamicCache, question_mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
-        """Pass 2: the Coprocessor over the soft tokens, attending to a copy of the Base's question cache.
+    def latents(self, cache: DynamicCache, question_mask: torch.Tensor, n_slots: int | None = None) -> tuple[torch.Tensor, DynamicCache]:
+        """Pass 2: the Coprocessor over the soft tokens (the first `n_slots` of them, all N_L when None: a
+        curriculum stage), attending to a copy of the Base's question cache.
 
         Returns Z [B, N_L, d] (embeddings injection: after `latent_scale`, what the Base reads) and the
         Coprocessor's cache (question K/V + its own K/V at the latent slots, computed at positions
         q_len .. q_len + N_L - 1 so RoPE keys are already right for the Base). N_L = 0 skips the pass.
         """
-        batch = question_mask.shape[0]
+        batch, k = question_mask.shape[0], self.n_latents if n_slots is None else n_slots
         own = copy_cache(cache, self.coprocessor)
-        if self.n_latents == 0:
+        if k == 0:
             return self.soft_tokens.new_zeros(batch, 0, self.dims.d_model), own
-        soft = self.soft_tokens.unsqueeze(0).expand(batch, -1, -1)
-        mask = torch.cat([question_mask, question_mask.new_ones(batch, self.n_latents)], dim=1)
-        positions = positions_from_mask(mask)[:, -self.n_latents:]
+        soft = self.soft_tokens[:k].unsqueeze(0).expand(batch, -1, -1)
+        mask = torch.cat([question_mask, question_mask.new_ones(batch, k)], dim=1)
+        positions = positions_from_mask(mask)[:, -k:]
         if self.injection == "embeddings":
             z = lm_forward(body(self.coprocessor), soft, mask, positions, own).last_hidden_state
             return self.scaled(z), own
@@ -256,34 +298,39 @@ class Coprocessor(LatentMethod):
         position, which predicts the first answer token. `question_ids` are left-padded, so every row's last
         token is the last column."""
         batch, q_len = question_ids.shape
+        k = z.shape[1]  # N_L, or a curriculum stage's k
         prefix = cache_prefix(cache, self.model, q_len - 1)
-        latent_mask = question_mask.new_full((batch, self.n_latents), 0 if self.mask_latents else 1)
+        latent_mask = question_mask.new_full((batch, k), 0 if self.mask_latents else 1)
         mask = torch.cat([question_mask[:, :-1], latent_mask, question_mask[:, -1:]], dim=1)
         last_position = positions_from_mask(question_mask)[:, -1:]
         last = self.embed(question_ids[:, -1:])
         if self.injection == "embeddings":
             embeds = torch.cat([z, last], dim=1)
-            latent_positions = last_position + 1 + torch.arange(self.n_latents, device=question_ids.device)
+            latent_positions = last_position + 1 + torch.arange(k, device=question_ids.device)
             positions = torch.cat([latent_positions, last_position], dim=1)
         else:
             append_kv(prefix, coprocessor_cache, start=q_len)
             embeds, positions = last, last_position
         return ReadIn(prefix, embeds, mask, positions, last_position[:, 0] + 1)
 
-    def passes(self, question_ids: torch.Tensor, question_mask: torch.Tensor) -> tuple[ReadIn, torch.Tensor]:
-        """Passes 1 and 2 and step 3's lead-in: (the read-in, Z)."""
+    def passes(self, question_ids: torch.Tensor, question_mask: torch.Tensor, n_slots: int | None = None) -> tuple[ReadIn, torch.Tensor]:
+        """Passes 1 and 2 and step 3's lead-in: (the read-in, Z), with `n_slots` latents (all N_L when None)."""
         cache = self.question_cache(question_ids, question_mask)
-        z, coprocessor_cache = self.latents(cache, question_mask)
+        z, coprocessor_cache = self.latents(cache, question_mask, n_slots)
         return self.read_in(question_ids, question_mask, cache, z, coprocessor_cache), z
 
     # --- training --------------------------------------------------------------------------------------
     def collate(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
-        """Left-padded questions (latent slots align across rows) and right-padded answers; no CoT steps."""
-        return self.question_answer_batch(examples)
+        """Left-padded questions (latent slots align across rows) and right-padded answers; no CoT steps.
+        Under the curriculum the "answer" part is the steps not yet replaced + the answer, and `n_slots` says
+        how many latents the current stage has the Coprocessor write (the same for every row)."""
+        if self.curriculum is None:
+            return self.question_answer_batch(examples)
+        return stage_batch(self.curriculum, self.stage, examples, self.ids["pad"])
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, A, V] predicting each answer token (teacher forcing through the three passes)."""
-        read, _ = self.passes(batch["question_ids"], batch["question_mask"])
+        read, _ = self.passes(batch["question_ids"], batch["question_mask"], batch.get("n_slots"))
         answer_ids = batch["answer_ids"]
         embeds = torch.cat([read.embeds, self.embed(answer_ids)], dim=1)
         mask = torch.cat([read.mask, batch["answer_mask"]], dim=1)

@@ -8,13 +8,22 @@ the model is trained to answer right after its latents, exactly as it is evaluat
 
 Latents per example at stage s <= max_stage: min(s, #steps) * c, or s * c with `pad_latent_to_max`; at the
 final stage: min(#steps, max_stage) * c, or max_stage * c with `pad_latent_to_max` (the reference's rule for
-both). Methods with shared latent vectors (soft tokens) use `pad_latent_to_max`, so every row of a batch has
-the same slots.
+both). Methods with shared latent vectors (soft tokens, the Coprocessor's soft-token queries) use
+`pad_latent_to_max`, so every row of a batch has the same slots.
+
+`first_stage` > 0 skips the early stages: a method whose stage 0 would train nothing (a frozen Base whose
+Coprocessor writes no latent at stage 0) starts at stage 1. `stage_batch` lays out the batch of a method that
+reads "question | latent slots | remaining steps + answer" (soft tokens, the Coprocessor).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from latentreason.tokenization import EncodedExample, left_pad, right_pad
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class StepCurriculum:
     """Fresh optimizer moments when an epoch starts a new stage."""
     pad_latent_to_max: bool = False
     """Latents = stage * c even where an example has fewer steps (max_stage * c at the final stage)."""
+    first_stage: int = 0
+    """The stage epoch 0 trains (0: CoT first, as Coconut; 1 where stage 0 would train nothing)."""
 
     @property
     def final_stage(self) -> int:
@@ -48,7 +59,7 @@ class StepCurriculum:
         return self.max_stage + 1
 
     def stage_at(self, epoch: int) -> int:
-        return min(epoch // self.epochs_per_stage, self.final_stage)
+        return min(self.first_stage + epoch // self.epochs_per_stage, self.final_stage)
 
     def resets_optimizer_at(self, epoch: int) -> bool:
         """True exactly when `epoch` starts a new stage and fresh moments are asked for. Depends on `epoch`
@@ -62,3 +73,33 @@ class StepCurriculum:
             return Plan((self.max_stage if self.pad_latent_to_max else min(n_steps, self.max_stage)) * c, n_steps)
         removed = min(stage, n_steps)
         return Plan((stage if self.pad_latent_to_max else removed) * c, removed)
+
+
+def stage_batch(curriculum: StepCurriculum, stage: int, examples: Sequence[EncodedExample], pad_id: int) -> dict:
+    """The batch at `stage` of a method that puts its latent slots right after the question: left-padded
+    questions (so the slots align across rows), right-padded targets = the steps not yet replaced + the answer,
+    their labels, and `n_slots`, the latent slots of this stage (the same for every row: `pad_latent_to_max`)."""
+    assert curriculum.pad_latent_to_max, "one slot count per batch needs pad_latent_to_max"
+    plans = [curriculum.plan(len(e.step_ids), stage) for e in examples]
+    targets = [[t for step in e.step_ids[p.n_removed:] for t in step] + e.answer_ids for e, p in zip(examples, plans)]
+    question_ids, question_mask = left_pad([e.question_ids for e in examples], pad_id)
+    target_ids, target_mask = right_pad(targets, pad_id)
+    labels = torch.where(target_mask.bool(), target_ids, torch.full_like(target_ids, -100))
+    return {"question_ids": question_ids, "question_mask": question_mask, "answer_ids": target_ids,
+            "answer_mask": target_mask, "answer_labels": labels, "n_slots": plans[0].n_latents if plans else 0}
+
+
+class CurriculumStages:
+    """What a method that may run a StepCurriculum shares (soft tokens, the dual models): it sets
+    `self.curriculum` (None without one) and `self.stage`, and the loop moves the stage through `set_epoch`."""
+
+    curriculum: StepCurriculum | None
+    stage: int
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Enter the curriculum stage of `epoch` (no-op without a curriculum); True when a new stage starts and
+        `method.curriculum.reset_optimizer` asks for fresh optimizer moments."""
+        if self.curriculum is None:
+            return False
+        self.stage = self.curriculum.stage_at(epoch)
+        return self.curriculum.resets_optimizer_at(epoch)

@@ -106,10 +106,11 @@ class LoopedConfig:
 
 @dataclass
 class CurriculumConfig:
-    """A Coconut-style curriculum for methods with trainable latent slots (soft_tokens): starting from CoT
-    weights, stage k replaces the first k reasoning steps by k*c latent slots (the remaining steps stay as
-    text targets); after the last stage, N_L / c, every step is removed and the N_L slots stand alone, as at
-    evaluation. Stage rules shared with Coconut (methods/curriculum.py)."""
+    """A Coconut-style curriculum for methods with trainable latent slots (soft_tokens, coprocessor): starting
+    from CoT weights, stage k replaces the first k reasoning steps by k*c latent slots (the remaining steps stay
+    as text targets); after the last stage, N_L / c, every step is removed and the N_L slots stand alone, as at
+    evaluation. Stage rules shared with Coconut (methods/curriculum.py). Coprocessor: at stage k it writes the
+    first k*c of its N_L latents; liu and h1 (frozen Base) start at stage 1, since stage 0 trains nothing."""
 
     enabled: bool = False
     """Run the curriculum (train.init_from should then name a CoT run); false trains answer-only."""
@@ -121,8 +122,10 @@ class CurriculumConfig:
     """Fresh optimizer state at each stage boundary, as Coconut does."""
 
 
-CURRICULUM_METHODS = ("soft_tokens",)
+CURRICULUM_METHODS = ("soft_tokens", "coprocessor")
 """Methods that implement `method.curriculum` (a method adds its name here when it does)."""
+PRETRAINING_METHODS = ("coprocessor",)
+"""Methods that `train.objective: pretrain` trains (Coprocessor pretraining on text: methods/coprocessor_pretrain.py)."""
 
 
 @dataclass
@@ -155,7 +158,7 @@ def check_method_options(method: MethodConfig) -> None:
         if method.name not in CURRICULUM_METHODS:
             raise UserInputError(f"config key 'method.curriculum.enabled': method {method.name!r} has no such curriculum; "
                                  f"expected one of {list(CURRICULUM_METHODS)} (coconut has its own: method.coconut.*)")
-        if method.placement != "after_question":
+        if method.name == "soft_tokens" and method.placement != "after_question":
             raise UserInputError(f"config key 'method.curriculum.enabled': the curriculum puts the latent slots where the "
                                  f"steps were, after the question; got method.placement={method.placement!r}")
         if method.n_latents % curriculum.thoughts_per_step:

@@ -31,13 +31,13 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import prefix_decode_flops
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss
-from latentreason.methods.curriculum import StepCurriculum
-from latentreason.tokenization import EncodedExample, left_pad, positions_from_mask, right_pad
+from latentreason.methods.curriculum import CurriculumStages, StepCurriculum, stage_batch
+from latentreason.tokenization import EncodedExample, positions_from_mask
 
 PLACEMENTS = ("after_question", "prefix")
 
 
-class SoftTokens(LatentMethod):
+class SoftTokens(CurriculumStages, LatentMethod):
     """N_L trainable soft embeddings placed after the question (or before it) and trained with the model."""
 
     name = "soft_tokens"
@@ -72,14 +72,6 @@ class SoftTokens(LatentMethod):
         """Coconut's stage rules; pad_latent_to_max: the slots are shared vectors, so every row gets k*c of them."""
         self.stage = self.curriculum.final_stage if self.curriculum else 0
 
-    def set_epoch(self, epoch: int) -> bool:
-        """Enter the curriculum stage of `epoch` (no-op without a curriculum); True when a new stage starts and
-        `method.curriculum.reset_optimizer` asks for fresh optimizer moments."""
-        if self.curriculum is None:
-            return False
-        self.stage = self.curriculum.stage_at(epoch)
-        return self.curriculum.resets_optimizer_at(epoch)
-
     # --- layout -----------------------------------------------------------------------------------------
     def prefix(self, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor, slice]:
         """Embeddings [B, P, d] and mask [B, P] of question + soft slots, and the slots' column range."""
@@ -104,13 +96,7 @@ class SoftTokens(LatentMethod):
         soft slots the current stage inserts (the same for every row)."""
         if self.curriculum is None:
             return self.question_answer_batch(examples)
-        plans = [self.curriculum.plan(len(e.step_ids), self.stage) for e in examples]
-        targets = [[t for step in e.step_ids[p.n_removed:] for t in step] + e.answer_ids for e, p in zip(examples, plans)]
-        question_ids, question_mask = left_pad([e.question_ids for e in examples], self.ids["pad"])
-        target_ids, target_mask = right_pad(targets, self.ids["pad"])
-        labels = torch.where(target_mask.bool(), target_ids, torch.full_like(target_ids, -100))
-        return {"question_ids": question_ids, "question_mask": question_mask, "answer_ids": target_ids,
-                "answer_mask": target_mask, "answer_labels": labels, "n_slots": plans[0].n_latents if plans else 0}
+        return stage_batch(self.curriculum, self.stage, examples, self.ids["pad"])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         prefix_embeds, prefix_mask, _ = self._with_latents(self.embed(batch["question_ids"]), batch["question_mask"], batch.get("n_slots"))

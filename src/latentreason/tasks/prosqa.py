@@ -124,7 +124,7 @@ def fact_sentence(parent: str, child: str, parent_is_person: bool) -> str:
 
 
 def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
-                concept_names: Sequence[str] = RELEASED_CONCEPT_NAMES) -> dict[str, Any]:
+                concept_names: Sequence[str] = RELEASED_CONCEPT_NAMES, asked_facts_last: bool = False) -> dict[str, Any]:
     """Build one problem record. Node ids here are construction ids; renumbered at the end.
 
     The construction is symmetric between two (person, leaf) pairs: person 0 reaches leaf 0 by
@@ -244,6 +244,9 @@ def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
     options = [name[target], name[neg_target]]
     rng.shuffle(options)
     person = name[root]
+    if asked_facts_last:  # a stable partition: the same problem, only its facts reordered (no rng drawn)
+        own = [f for f in facts if f.startswith(f"{person} is a ")]
+        facts = [f for f in facts if not f.startswith(f"{person} is a ")] + own
     steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
     return {
         "question": " ".join(facts) + f" Is {person} a {options[0]} or {options[1]}?",
@@ -323,17 +326,27 @@ class ProsQATask(Task):
         return list(self.iter_generate(n, seed, **params))
 
     def iter_generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
-                      n_nodes: int | None = None, concepts: str = "released",
-                      **params: Any) -> Iterator[Example]:
+                      n_nodes: int | list[int] | None = None, concepts: str = "released",
+                      asked_facts_last: bool = False, **params: Any) -> Iterator[Example]:
         """Yield `n` problems one at a time, deterministic in `seed` (a huge `n` never sits in memory).
 
         The answer path length (number of steps) is drawn from the released split's distribution
-        restricted to min_depth..max_depth; the node count likewise unless `n_nodes` fixes it.
+        restricted to min_depth..max_depth; the node count likewise unless `n_nodes` fixes it. `n_nodes` may
+        also be a range `[lo, hi]`: each problem draws its size uniformly from it (raised where its two
+        chains need more), so one stream mixes small graphs, which teach the lookup fast, with the target size.
+
+        `asked_facts_last` moves the asked person's own facts to the end of the fact list, right before the
+        question: a training crutch, never an evaluation setting, since "the last fact's concept" then answers
+        one-hop problems. A short warm-up phase of it (`task.stream_curriculum`) gets a from-scratch model past
+        the binding plateau: the copy path forms on the positional rule first, and the lookup by name follows
+        (docs/LOG.md, 2026-12-02, results/prosqa_exploration/session5). The problems are otherwise identical.
         Concept names come from `concepts`: "released" (the released split's 38) or "extended" (~300).
         """
         if params:
             raise UserInputError(f"prosqa: unknown generator parameter(s) {sorted(params)}; "
-                                 "expected min_depth, max_depth, n_nodes, concepts")
+                                 "expected min_depth, max_depth, n_nodes, concepts, asked_facts_last")
+        if not isinstance(asked_facts_last, bool):
+            raise UserInputError(f"prosqa: asked_facts_last must be true or false, got {asked_facts_last!r}")
         if concepts not in CONCEPT_INVENTORIES:
             raise UserInputError(f"prosqa: concepts must be one of {sorted(CONCEPT_INVENTORIES)}, got {concepts!r}")
         inventory = CONCEPT_INVENTORIES[concepts]
@@ -343,18 +356,30 @@ class ProsQATask(Task):
             raise UserInputError(f"prosqa: expected integers 1 <= min_depth <= max_depth, got "
                                  f"min_depth={min_depth!r}, max_depth={max_depth!r}")
         need = 2 * max_depth + 2  # two people, each with its own chain of up to max_depth concepts
-        if n_nodes is not None and not (_is_int(n_nodes) and need <= n_nodes <= len(inventory)):
+        size_range = None
+        if isinstance(n_nodes, (list, tuple)):
+            lo_need = 2 * min_depth + 2
+            if not (len(n_nodes) == 2 and all(map(_is_int, n_nodes))
+                    and lo_need <= n_nodes[0] <= n_nodes[1] <= len(inventory) and n_nodes[1] >= need):
+                raise UserInputError(f"prosqa: n_nodes as a range must be [lo, hi] with {lo_need} <= lo <= hi <= "
+                                     f"{len(inventory)} and hi >= {need} for min_depth={min_depth}, "
+                                     f"max_depth={max_depth}; got {n_nodes!r}")
+            size_range, n_nodes = (int(n_nodes[0]), int(n_nodes[1])), None
+        elif n_nodes is not None and not (_is_int(n_nodes) and need <= n_nodes <= len(inventory)):
             raise UserInputError(f"prosqa: n_nodes must be an integer in {need}.."
-                                 f"{len(inventory)} for max_depth={max_depth}, got {n_nodes!r}")
+                                 f"{len(inventory)} for max_depth={max_depth}, or a range [lo, hi]; got {n_nodes!r}")
         rng = random.Random(f"prosqa:{seed}")
         for _ in range(n):
             # Both chains draw their length from the same distribution: a negative chain that is
             # shorter on average (as in the released data) would make "the deeper option" a shortcut.
             depths = (_weighted(rng, _PATH_LENGTHS, min_depth, max_depth),
                       _weighted(rng, _PATH_LENGTHS, min_depth, max_depth))
-            size = n_nodes if n_nodes is not None else max(
-                _weighted(rng, _NODE_COUNTS), sum(depths) + 2 + rng.randint(0, 6))
-            record = _make_graph(rng, depths, size, inventory)
+            if size_range is not None:
+                size = max(rng.randint(*size_range), sum(depths) + 2)
+            else:
+                size = n_nodes if n_nodes is not None else max(
+                    _weighted(rng, _NODE_COUNTS), sum(depths) + 2 + rng.randint(0, 6))
+            record = _make_graph(rng, depths, size, inventory, asked_facts_last)
             yield Example(record["question"], list(record["steps"]), record["answer"], record)
 
     def to_record(self, example: Example) -> dict[str, Any]:
