@@ -331,14 +331,15 @@ def check_generator_params(task: TaskConfig) -> None:
         raise UserInputError("config key 'task.stream_curriculum': needs generated training data (task.train_path is set)")
     if task.train_path and task.eval_path:
         return  # the generator is never called (and a curriculum with train_path was refused above)
-    if task.params.get("asked_facts_last"):
-        raise UserInputError("config key 'task.params.asked_facts_last': a training crutch (the last fact then answers "
-                             "one-hop problems), and task.params also makes the eval split; set it in a "
-                             "task.stream_curriculum phase instead")
     phases = [(f"task.stream_curriculum[{i}].params", phase.get("params") or {}) for i, phase in enumerate(task.stream_curriculum)]
     if not task.params and not phases:
         return
-    parameters = inspect.signature(get_task(task.name).iter_generate).parameters.values()
+    generator = get_task(task.name)
+    for key in generator.training_only_params:
+        if task.params.get(key):
+            raise UserInputError(f"config key 'task.params.{key}': a training crutch of the {task.name} generator, and "
+                                 "task.params also makes the eval split; set it in a task.stream_curriculum phase instead")
+    parameters = inspect.signature(generator.iter_generate).parameters.values()
     accepted = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
     for prefix, params in [("task.params", task.params), *phases]:
         for key in params:

@@ -146,6 +146,12 @@ def cell_config(sweep: SweepConfig, cell: dict[str, Any], cells: list[dict[str, 
     return from_dict(RunConfig, data), dependencies
 
 
+def analysis_due(cfg: RunConfig, analyze: bool) -> bool:
+    """Whether a cell still needs its analysis: the sweep asks for analyses, the cell trains a task (a
+    pretraining cell has no task answers to analyse) and its analysis.json is not there yet."""
+    return analyze and cfg.train.objective == "task" and not (Path(cfg.out_dir) / "analysis" / "analysis.json").exists()
+
+
 def is_reference(value: Any) -> bool:
     """A `{cell:...}` value."""
     return isinstance(value, str) and CELL_REF.match(value) is not None
@@ -360,8 +366,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
                 (run_dir / "error.txt").write_text(f"not run: the cell it starts from, {cell_name(dependency)}, failed\n")
                 return settle(name, "failed", bar)
         needs_training = not (run_dir / "done.json").exists()
-        analyzed = cfg.train.objective == "task"  # a pretraining cell has no task answers to analyse
-        needs_analysis = sweep.analyze and analyzed and not (run_dir / "analysis" / "analysis.json").exists()
+        needs_analysis = analysis_due(cfg, sweep.analyze)
         if not (needs_training or needs_analysis):
             return settle(name, "done", bar)
         if not _claim(run_dir):
@@ -382,7 +387,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
                     return settle(name, "failed", bar)
             # Analyses resume on their own: a finished cell without analysis.json (sweep re-run with analyze:
             # true, or an analysis that crashed) is analysed now. A failed analysis never fails the cell.
-            if needs_analysis and not (run_dir / "analysis" / "analysis.json").exists():
+            if analysis_due(cfg, sweep.analyze):
                 try:
                     analysis_runs.analyze_run(run_dir, progress=False)
                     (run_dir / "analysis_error.txt").unlink(missing_ok=True)

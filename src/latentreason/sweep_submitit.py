@@ -44,7 +44,7 @@ def run_cell_job(config: dict[str, Any], analyze: bool) -> str:
     crashes are caught here, as in run_sweep, so one broken cell cannot fail the job engine's bookkeeping.
     """
     from latentreason.analysis.runs import analyze_run
-    from latentreason.sweep import _claim, _release
+    from latentreason.sweep import _claim, _release, analysis_due
     from latentreason.training import train
 
     cfg: RunConfig = from_dict(RunConfig, config)
@@ -62,7 +62,7 @@ def run_cell_job(config: dict[str, Any], analyze: bool) -> str:
             except Exception:
                 (run_dir / "error.txt").write_text(traceback.format_exc())
                 return "failed"
-        if analyze and cfg.train.objective == "task" and not (run_dir / "analysis" / "analysis.json").exists():  # pretraining: nothing to analyse
+        if analysis_due(cfg, analyze):
             try:
                 analyze_run(run_dir, progress=False)
                 (run_dir / "analysis_error.txt").unlink(missing_ok=True)
@@ -121,7 +121,7 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
     """Run every unfinished cell of sweep `path` as a submitit job, waves in dependency order, then write
     the sweep's tables (as run_sweep does). Failed cells' names are appended to `failures`."""
     from latentreason.results import collect, write_tables
-    from latentreason.sweep import cell_name, expand, read_sweep, resolve_cells
+    from latentreason.sweep import analysis_due, cell_name, expand, read_sweep, resolve_cells
 
     sweep = read_sweep(path, overrides)
     out = Path(sweep.out_dir)
@@ -153,8 +153,7 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(f"not run: the cell it starts from, {broken[0]}, did not finish\n")
                 status[name] = "failed"
-            elif (run_dir / "done.json").exists() and not (sweep.analyze and cfg.train.objective == "task"
-                                                            and not (run_dir / "analysis" / "analysis.json").exists()):
+            elif (run_dir / "done.json").exists() and not analysis_due(cfg, sweep.analyze):
                 status[name] = "done"
             else:
                 jobs[name] = executor.submit(job_function, to_dict(cfg), sweep.analyze)

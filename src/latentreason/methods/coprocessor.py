@@ -67,7 +67,7 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import ModelDims, decode_flops, forward_flops
 from latentreason.methods.base import Generation, LatentMethod
-from latentreason.methods.curriculum import CurriculumStages, StepCurriculum, stage_batch
+from latentreason.methods.curriculum import CURRICULUM_KEYS, CurriculumStages, stage_batch
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
 VARIANTS = ("liu", "h1", "h2")
@@ -145,8 +145,7 @@ class Coprocessor(CurriculumStages, LatentMethod):
     multi_pass = True
     trains_on_steps = False
     inserts_latent_slots = True
-    identifying_keys = ("method.coprocessor.variant", "method.curriculum.enabled", "method.curriculum.thoughts_per_step",
-                        "method.curriculum.epochs_per_stage")
+    identifying_keys = ("method.coprocessor.variant", *CURRICULUM_KEYS)
     description = ("Base + Coprocessor (Liu et al. 2024): the Coprocessor (`coprocessor/`) reads the Base's question cache "
                    "and N_L soft tokens (`soft_tokens` in `latent_method.safetensors`) and writes N_L latents the Base "
                    "(this directory's model) reads before answering.")
@@ -163,10 +162,6 @@ class Coprocessor(CurriculumStages, LatentMethod):
     def label(cls, config: MethodConfig) -> str:
         label = f"coprocessor-{config.coprocessor.variant}"
         return f"{label}+curriculum" if config.curriculum.enabled else label
-
-    @classmethod
-    def uses_steps(cls, config: MethodConfig) -> bool:
-        return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
     @classmethod
     def random_base_warning(cls, config: MethodConfig, backbone: str) -> str | None:
@@ -215,15 +210,8 @@ class Coprocessor(CurriculumStages, LatentMethod):
             add_lora(self.model, cc.lora_rank)
             self.dims = ModelDims.of(self.model)  # unmerged adapters cost FLOPs too
         self.coprocessor_dims = ModelDims.of(self.coprocessor)
-        curriculum = config.curriculum
-        self.curriculum = StepCurriculum(
-            curriculum.thoughts_per_step, curriculum.epochs_per_stage, self.n_latents // curriculum.thoughts_per_step,
-            curriculum.reset_optimizer, pad_latent_to_max=True, first_stage=1 if self.variant in FROZEN_BASE_VARIANTS else 0,
-        ) if curriculum.enabled else None
-        """Coconut's stage rules; pad_latent_to_max: one slot count per batch (the first k of the N_L queries).
-        Frozen-Base variants start at stage 1: at stage 0 nothing they train is reached."""
-        self.stage = self.curriculum.final_stage if self.curriculum else 0
-        """The stage `collate` lays batches out for (set_epoch moves it; generation always uses the final one)."""
+        # Frozen-Base variants start at stage 1: at stage 0 nothing they train is reached.
+        self.start_curriculum(config, self.n_latents, first_stage=1 if self.variant in FROZEN_BASE_VARIANTS else 0)
         self._freeze_unreachable()
 
     def _freeze_unreachable(self) -> None:

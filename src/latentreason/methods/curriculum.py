@@ -89,12 +89,28 @@ def stage_batch(curriculum: StepCurriculum, stage: int, examples: Sequence[Encod
             "answer_mask": target_mask, "answer_labels": labels, "n_slots": plans[0].n_latents if plans else 0}
 
 
+CURRICULUM_KEYS = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage")
+"""The `method.curriculum` keys that tell configurations apart (part of a method's identifying_keys)."""
+
+
 class CurriculumStages:
-    """What a method that may run a StepCurriculum shares (soft tokens, the dual models): it sets
-    `self.curriculum` (None without one) and `self.stage`, and the loop moves the stage through `set_epoch`."""
+    """What a method that may run `method.curriculum` shares (soft tokens, the dual models): `start_curriculum`
+    sets `self.curriculum` (None without one) and `self.stage`, and the loop moves the stage through `set_epoch`."""
 
     curriculum: StepCurriculum | None
     stage: int
+
+    @classmethod
+    def uses_steps(cls, config) -> bool:
+        return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
+
+    def start_curriculum(self, config, n_latents: int, first_stage: int = 0) -> None:
+        """The stage rules of `config.curriculum` over N_L = `n_latents` latents, with `pad_latent_to_max` (one slot
+        count per batch: the first k of the N_L slots), and the final stage, which generation always uses."""
+        cc = config.curriculum
+        self.curriculum = StepCurriculum(cc.thoughts_per_step, cc.epochs_per_stage, n_latents // cc.thoughts_per_step,
+                                         cc.reset_optimizer, pad_latent_to_max=True, first_stage=first_stage) if cc.enabled else None
+        self.stage = self.curriculum.final_stage if self.curriculum else 0
 
     def set_epoch(self, epoch: int) -> bool:
         """Enter the curriculum stage of `epoch` (no-op without a curriculum); True when a new stage starts and

@@ -31,7 +31,7 @@ from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import prefix_decode_flops
 from latentreason.methods.base import Generation, LatentMethod, causal_lm_loss
-from latentreason.methods.curriculum import CurriculumStages, StepCurriculum, stage_batch
+from latentreason.methods.curriculum import CURRICULUM_KEYS, CurriculumStages, stage_batch
 from latentreason.tokenization import EncodedExample, positions_from_mask
 
 PLACEMENTS = ("after_question", "prefix")
@@ -43,17 +43,13 @@ class SoftTokens(CurriculumStages, LatentMethod):
     name = "soft_tokens"
     trains_on_steps = False
     inserts_latent_slots = True
-    identifying_keys = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage")
+    identifying_keys = CURRICULUM_KEYS
     description = ("Soft tokens: N_L trainable input embeddings placed after the question (in `latent_method.safetensors` "
                    "as `latents`), trained jointly with the backbone; one forward pass.")
 
     @classmethod
     def label(cls, config: MethodConfig) -> str:
         return f"{cls.name}+curriculum" if config.curriculum.enabled else cls.name
-
-    @classmethod
-    def uses_steps(cls, config: MethodConfig) -> bool:
-        return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
@@ -66,11 +62,7 @@ class SoftTokens(CurriculumStages, LatentMethod):
         # Same scale as the token embedding table, so the soft slots start "in distribution".
         scale = float(self.model.get_input_embeddings().weight.detach().float().std())
         self.latents = nn.Parameter(torch.randn(self.n_latents, self.dims.d_model) * scale)
-        cc = config.curriculum
-        self.curriculum = StepCurriculum(cc.thoughts_per_step, cc.epochs_per_stage, self.n_latents // cc.thoughts_per_step,
-                                         cc.reset_optimizer, pad_latent_to_max=True) if cc.enabled else None
-        """Coconut's stage rules; pad_latent_to_max: the slots are shared vectors, so every row gets k*c of them."""
-        self.stage = self.curriculum.final_stage if self.curriculum else 0
+        self.start_curriculum(config, self.n_latents)  # the slots are shared vectors: every row gets the stage's k*c
 
     # --- layout -----------------------------------------------------------------------------------------
     def prefix(self, examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, torch.Tensor, slice]:

@@ -28,6 +28,9 @@ class Task:
     """Base class. Subclasses set `name` and implement `generate`, `load` and `score`."""
 
     name: ClassVar[str] = ""
+    training_only_params: ClassVar[tuple[str, ...]] = ()
+    """Generator parameters that make training crutches, not tasks (they would make the eval split easy):
+    config.check_generator_params refuses them in `task.params`, which also makes the eval split."""
 
     def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
         """Return `n` synthetic examples, deterministic in `seed`."""

@@ -320,6 +320,7 @@ class ProsQATask(Task):
     """ProsQA: is the person a `target` or a `neg_target`? Answer "Tom is a <target>."."""
 
     name = "prosqa"
+    training_only_params = ("asked_facts_last",)
 
     def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
         """`n` problems (see `iter_generate`), as a list."""
