@@ -252,3 +252,16 @@ def test_kv_injection_analyses_depend_only_on_what_the_base_reads():
     assert perturb_unread_coprocessor_weights(method) > 0
     assert method.generate(examples, 4).token_ids == before_answer  # the Base indeed never reads them
     torch.testing.assert_close(method.trace(examples), before_trace)
+
+
+def test_a_constant_slot_leaves_the_cross_capture_summary_and_its_nulls_undefined_not_crashing():
+    """Slots with no variance (the soft tokens themselves, read as the top-layer input of a one-layer
+    Coprocessor with kv injection: the README's smoke sweep hit it) have no subspace: H is NaN, the summary is
+    None, and the nulls drop the undefined draws instead of raising."""
+    rng = np.random.default_rng(0)
+    Z = np.repeat(rng.normal(size=(1, 4, 32)), 4, axis=0)  # every example's slot s is the same vector (the sweep's shape)
+    summary = summarize_latents(Z)
+    assert summary["cross_capture_mean_off_diagonal"] is None
+    nulls = latent_nulls(Z, repeats=3)
+    assert nulls["cross_capture_mean_off_diagonal"]["null_perm"]["repeats"] <= 3
+    json.dumps(summary), json.dumps(nulls)  # JSON-ready: no NaN left

@@ -36,9 +36,9 @@ from latentreason.analysis.similarity import (
     _check_latents,
     captured_variance,
     cross_capture,
+    cross_capture_mean,
     effective_rank,
     linear_cka,
-    mean_off_diagonal,
     principal_angles_between_bases,
     principal_subspace,
     silhouette_labelings,
@@ -174,9 +174,9 @@ def latent_nulls(Z: Any, variance_threshold: float = 0.9, repeats: int = 8, seed
     subspace_rng = _rng(seed, "cross_subspace")
     perm_rng = _rng(seed, "cross_perm")
     out["cross_capture_mean_off_diagonal"] = {
-        "null_gauss": _repeat(repeats, lambda: mean_off_diagonal(cross_capture(matched_gaussian_slots(Z, gauss_rng), variance_threshold))),
-        "null_subspace": _repeat(repeats, lambda: mean_off_diagonal(random_subspace_cross_capture(Z, variance_threshold, subspace_rng))),
-        "null_perm": _repeat(repeats, lambda: mean_off_diagonal(cross_capture(permuted_slots(Z, perm_rng), variance_threshold))),
+        "null_gauss": _repeat(repeats, lambda: cross_capture_mean(cross_capture(matched_gaussian_slots(Z, gauss_rng), variance_threshold))),
+        "null_subspace": _repeat(repeats, lambda: cross_capture_mean(random_subspace_cross_capture(Z, variance_threshold, subspace_rng))),
+        "null_perm": _repeat(repeats, lambda: cross_capture_mean(cross_capture(permuted_slots(Z, perm_rng), variance_threshold))),
     }
 
     # Silhouette: the distances between latents do not change under a label shuffle, so every permutation

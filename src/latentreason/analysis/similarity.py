@@ -28,6 +28,7 @@ __all__ = [
     "captured_variance",
     "cross_capture",
     "mean_off_diagonal",
+    "cross_capture_mean",
     "silhouette",
     "silhouette_labelings",
     "slot_silhouette",
@@ -167,6 +168,13 @@ def mean_off_diagonal(H: np.ndarray) -> float:
         return float("nan")
     mask = ~np.eye(k, dtype=bool)
     return float(H[mask].mean())
+
+
+def cross_capture_mean(H: np.ndarray) -> float:
+    """The summary of a :func:`cross_capture` matrix: :func:`mean_off_diagonal`, or NaN (undefined) when H has
+    undefined entries. A constant slot (no variance, e.g. the soft tokens themselves where a one-layer
+    Coprocessor's top-layer input is read) has no subspace, so its row and column of H are NaN."""
+    return mean_off_diagonal(H) if np.isfinite(H).all() else float("nan")
 
 
 def silhouette(X: np.ndarray, labels: Any, chunk_size: int = 2048) -> float:
@@ -386,7 +394,7 @@ def summarize_latents(Z: np.ndarray, variance_threshold: float = 0.9) -> dict[st
             int(principal_subspace(Z[:, i], variance_threshold).shape[1]) for i in range(n_slots)
         ],
         "cross_capture": [[_finite_or_none(v) for v in row] for row in H],
-        "cross_capture_mean_off_diagonal": _finite_or_none(mean_off_diagonal(H)),
+        "cross_capture_mean_off_diagonal": _finite_or_none(cross_capture_mean(H)),
         "slot_silhouette": _finite_or_none(sil),
         "effective_rank": effective_rank(Z.reshape(n * n_slots, d)),
         "effective_rank_per_slot": [effective_rank(Z[:, i]) for i in range(n_slots)],
