@@ -510,3 +510,65 @@ def test_generated_splits_are_cached_per_task_params_and_seed(tmp_path: Path, mo
     monkeypatch.setenv(data.CACHE_ENV, "off")
     data.load_splits(cfg)
     assert len(calls) == 10
+
+
+@pytest.mark.parametrize("name, params", [("countdown", {"branching": 3}), ("countdown", {"branching": 5}),
+                                          ("prosqa", {"n_nodes": 10, "min_depth": 2, "max_depth": 3}), ("gsm8k", {})])
+def test_gold_targets_score_correct_after_the_tiny_tokenizer_round_trip(name, params):
+    """What a model is trained to write must score as correct once decoded: the tiny tokenizer once split
+    "81" into "Ġ8", "Ġ1", decoded it as " 8 1", and every Countdown/GSM8K answer failed verification."""
+    from latentreason.tokenization import encode_example, example_texts, train_tokenizer
+
+    task = get_task(name)
+    examples = task.generate(30, 1, **params)
+    tokenizer = train_tokenizer(example_texts(examples), vocab_size=300)
+    for example in examples:
+        encoded = encode_example(tokenizer, example)
+        target = [t for step in encoded.step_ids for t in step] + encoded.answer_ids
+        decoded = tokenizer.decode(target, skip_special_tokens=True)
+        assert task.score(decoded, example), (example.question, decoded)
+        assert tokenizer.decode(encoded.question_ids).strip() == example.question.strip()
+
+
+def test_a_run_whose_saved_tokenizer_garbles_digits_is_flagged(tmp_path):
+    """Runs trained with the old tokenizer keep it (their weights depend on its ids); building such a run for a
+    numeric task warns that its scores cannot be trusted, and a fresh tokenizer is not flagged."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from latentreason.config import load_config
+    from latentreason.tokenization import EOS, LATENT_SPECIAL_TOKENS, PAD, splits_digits_with_spaces, train_tokenizer
+    from latentreason.training import build_run
+
+    old = Tokenizer(models.BPE())  # the pre-2026-12-02 order: digits split first, then a prefix space per piece
+    old.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=True)])
+    old.decoder = decoders.ByteLevel()
+    texts = [e.question for e in get_task("countdown").generate(20, 0, branching=3)]
+    old.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=[PAD, EOS, *LATENT_SPECIAL_TOKENS],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    old_tokenizer = PreTrainedTokenizerFast(tokenizer_object=old, pad_token=PAD, eos_token=EOS, bos_token=EOS)
+    assert old_tokenizer.decode(old_tokenizer("81")["input_ids"]) == " 8 1"
+    assert splits_digits_with_spaces(old_tokenizer) and not splits_digits_with_spaces(train_tokenizer(texts, 300))
+
+    old_tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    cfg = load_config(None, ["task.name=countdown", "task.branching=3", "task.train_size=8", "task.eval_size=4",
+                             "model.n_layer=1", "model.n_embd=32", "model.n_head=2", f"out_dir={tmp_path}"])
+    with pytest.warns(UserWarning, match="decodes 81 as '8 1'"):
+        build_run(cfg, tmp_path)
+
+
+def test_countdown_diagnostics_say_why_an_answer_failed():
+    task = get_task("countdown")
+    example = Example("Numbers: 4 81 2. Target: 166.", ["81 * 2 = 162", "162 + 4 = 166"], "((81*2)+4)",
+                      {"numbers": [4, 81, 2], "target": 166})
+    right = task.diagnostics(" 81 * 2 = 162\n 162 + 4 = 166\n### ((81*2)+4)", example)
+    assert right == {"well_formed": True, "hits_target": True, "uses_numbers_once": True, "steps_correct": True}
+    wrong_steps = task.diagnostics(" 81 * 2 = 163\n 163 + 3 = 166\n### ((81*2)+4)", example)
+    assert wrong_steps["hits_target"] and not wrong_steps["steps_correct"]
+    other_numbers = task.diagnostics("### (81*2)+2+2", example)  # the target, but 2 used twice and 4 not at all
+    assert other_numbers["hits_target"] and not other_numbers["uses_numbers_once"] and "steps_correct" not in other_numbers
+    off_by_one = task.diagnostics("### ((81*2)+5)", example)
+    assert not off_by_one["hits_target"] and not off_by_one["uses_numbers_once"]
+    assert task.diagnostics("no marker at all", example) == {"well_formed": False, "hits_target": False, "uses_numbers_once": False}
+    assert task.diagnostics(None, example)["hits_target"] is False

@@ -84,6 +84,8 @@ CURVE_KEYS = {
     "eval_accuracy": "eval accuracy",
     "eval_well_formed_rate": "eval well-formed",
     "eval_names_option_rate": "eval names an option",
+    "eval_hits_target_rate": "eval hits the target (any numbers)",
+    "eval_steps_correct_rate": "eval steps' arithmetic right",
     "train_accuracy": "train-sample accuracy",
 }
 """Eval-row keys plotted (when present), with their legend labels."""

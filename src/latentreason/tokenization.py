@@ -36,10 +36,15 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> PreTrainedT
     different tokens, and a from-scratch model had to learn a name-to-name mapping before it could copy
     the person into its first step (a tiny CoT model answered every ProsQA question with one fixed name
     after 1,000 steps; docs/LOG.md, 2026-12-01).
+
+    The byte-level split comes before the digit split, so the prefix space goes to a word, never to a
+    digit: " 81" is "Ġ", "8", "1" and decodes to " 81". In the other order every digit became its own
+    piece with its own prefix space ("Ġ8", "Ġ1"), the text decoded as " 8 1", and no Countdown or GSM8K
+    answer could ever verify (docs/LOG.md, 2026-12-02, session 6).
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=True)]
+        [pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Digits(individual_digits=True)]
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -63,6 +68,16 @@ def add_latent_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def splits_digits_with_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Is this a tiny tokenizer of the broken kind: the digit split before a byte-level split that adds a prefix
+    space, so every digit gets its own space ("Ġ8", "Ġ1")? Checked on the text itself, not the settings."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return False
+    pieces = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str("81")]
+    return len(pieces) > 1 and all(piece.startswith("Ġ") for piece in pieces)
 
 
 def example_texts(examples: Sequence[Example]) -> list[str]:

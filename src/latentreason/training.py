@@ -42,7 +42,7 @@ from latentreason.methods import LatentMethod, build_method, method_class
 from latentreason.run_checks import check_init_from, check_weight_shapes, warn_random_frozen_base
 from latentreason.runlock import RunLock, config_differences, is_main_rank
 from latentreason.tasks import Task, get_task
-from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer
+from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer, splits_digits_with_spaces
 from latentreason.tracking import PROJECT_NAME as TRACKER_PROJECT
 from latentreason.tracking import resolve_trackers, tracker_config, tracker_init_kwargs
 from latentreason.validation import check_sequence_lengths
@@ -104,6 +104,10 @@ def build_run(cfg: RunConfig, out_dir: Path | None = None) -> Run:
     for candidate in [out_dir, Path(cfg.train.init_from) if cfg.train.init_from else None]:
         if candidate is not None and (candidate / "tokenizer").is_dir():
             tokenizer = load_tokenizer(candidate / "tokenizer")
+            if task.numeric_answers and splits_digits_with_spaces(tokenizer):
+                warnings.warn(f"{candidate / 'tokenizer'}: this tokenizer (made before 2026-12-02) decodes 81 as '8 1', so "
+                              f"no {task.name} answer written with it can verify: the run's scores are 0 whatever its model "
+                              "learned. Train it again in a new run dir (which gets the fixed tokenizer).", stacklevel=2)
             break
     seed_everything(cfg.train.seed)  # model init depends only on the seed, not on what ran before
     corpus = example_texts(train_examples) + vocabulary_texts(cfg.task.name) if cfg.model.backbone in TINY_BACKBONES and tokenizer is None else None

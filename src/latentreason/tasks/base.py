@@ -31,6 +31,8 @@ class Task:
     training_only_params: ClassVar[tuple[str, ...]] = ()
     """Generator parameters that make training crutches, not tasks (they would make the eval split easy):
     config.check_generator_params refuses them in `task.params`, which also makes the eval split."""
+    numeric_answers: ClassVar[bool] = False
+    """Answers are checked as numbers or arithmetic, so a tokenizer that garbles digits makes every score 0."""
 
     def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
         """Return `n` synthetic examples, deterministic in `seed`."""

@@ -40,7 +40,7 @@ from fractions import Fraction
 from typing import Any
 
 from latentreason.errors import UserInputError
-from latentreason.tasks.base import Example, Task, parse_json_list, read_text, record_lines, register_task
+from latentreason.tasks.base import ANSWER_MARKER, Example, Task, parse_json_list, read_text, record_lines, register_task
 
 NUMBER_MIN, NUMBER_MAX = 1, 99
 """Input numbers are drawn uniformly from this inclusive range (Stream of Search)."""
@@ -302,6 +302,23 @@ class _ExprParser:
         return value
 
 
+class _AnyNumber(Counter):
+    """A number pool that never runs out: evaluates an expression whatever numbers it uses (diagnostics)."""
+
+    def __getitem__(self, key: int) -> int:
+        return 1
+
+    def __setitem__(self, key: int, value: int) -> None:
+        pass  # taking a number never uses it up
+
+
+def _step_is_true(a: int, op: str, b: int, c: int) -> bool:
+    """Is "a op b = c" exact arithmetic (division exact and by non-zero)?"""
+    if op == "/":
+        return b != 0 and a == b * c
+    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+
+
 _CLAIM_RE = re.compile(r"^\s*(-?\d{1,%d})\s*$" % _MAX_NUMBER_DIGITS)
 _UNICODE_OPS = str.maketrans({"×": "*", "÷": "/", "−": "-"})
 
@@ -431,6 +448,7 @@ class CountdownTask(Task):
     """Countdown with a configurable number of inputs (`branching`) and held-out targets."""
 
     name = "countdown"
+    numeric_answers = True
 
     def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
         """`n` solvable instances (see `iter_generate`), as a list."""
@@ -499,6 +517,33 @@ class CountdownTask(Task):
         records = parse_json_list(text, path, "{numbers, target}")
         lines = record_lines(text)
         return [_load_record(rec, i, path, lines[i]) for i, rec in enumerate(records)]
+
+    def diagnostics(self, generated: str, example: Example) -> dict[str, bool]:
+        """Why an answer failed, as rates for the learning curves (a model can hit the target with wrong
+        arithmetic, or do the arithmetic right on the wrong numbers):
+
+        `hits_target`: the answer expression's value is the target (whatever numbers it uses);
+        `uses_numbers_once`: its numbers are exactly the given ones (whatever its value);
+        `steps_correct` (only when the output has "a op b = c" reasoning lines): every such line is true.
+        """
+        checks = super().diagnostics(generated, example)
+        if not {"numbers", "target"} <= set(example.meta or {}):
+            return checks  # an example without its problem (nothing to check the answer against)
+        if not isinstance(generated, str):
+            return checks | {"hits_target": False, "uses_numbers_once": False}
+        expression = self.extract_answer(generated).split("=")[0]
+        try:
+            value = _ExprParser(expression.translate(_UNICODE_OPS), _AnyNumber()).parse()
+        except (_Invalid, ValueError, ArithmeticError, RecursionError):
+            value = None
+        checks["hits_target"] = value is not None and value == example.meta["target"]
+        used = sorted(int(x) for x in re.findall(r"\d+", expression))
+        checks["uses_numbers_once"] = used == sorted(int(x) for x in example.meta["numbers"])
+        reasoning = generated.rsplit(ANSWER_MARKER.strip(), 1)[0] if ANSWER_MARKER.strip() in generated else generated
+        steps = [m for m in map(_STEP_RE.match, reasoning.splitlines()) if m is not None]
+        if steps:
+            checks["steps_correct"] = all(_step_is_true(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in steps))
+        return checks
 
     def score(self, generated: str, example: Example) -> bool:
         """Verify the expression after the answer marker against the example's numbers/target."""

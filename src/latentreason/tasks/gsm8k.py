@@ -171,6 +171,7 @@ class GSM8KTask(Task):
     """GSM8K: numeric answer, scored by exact numeric equality."""
 
     name = "gsm8k"
+    numeric_answers = True
 
     def generate(self, n: int, seed: int, **params: Any) -> list[Example]:
         """`n` synthetic two-step word problems in the Coconut-style format (not GSM8K: see the
