@@ -312,11 +312,13 @@ class _AnyNumber(Counter):
         pass  # taking a number never uses it up
 
 
-def _step_is_true(a: int, op: str, b: int, c: int) -> bool:
-    """Is "a op b = c" exact arithmetic (division exact and by non-zero)?"""
-    if op == "/":
-        return b != 0 and a == b * c
-    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+def _value(expression: str) -> Fraction | None:
+    """The exact value of an expression, whatever numbers it uses (the verifier's parser and arithmetic), or
+    None when it does not parse or divides inexactly (diagnostics)."""
+    try:
+        return _ExprParser(expression.translate(_UNICODE_OPS), _AnyNumber()).parse()
+    except (_Invalid, ValueError, ArithmeticError, RecursionError):
+        return None
 
 
 _CLAIM_RE = re.compile(r"^\s*(-?\d{1,%d})\s*$" % _MAX_NUMBER_DIGITS)
@@ -532,17 +534,14 @@ class CountdownTask(Task):
         if not isinstance(generated, str):
             return checks | {"hits_target": False, "uses_numbers_once": False}
         expression = self.extract_answer(generated).split("=")[0]
-        try:
-            value = _ExprParser(expression.translate(_UNICODE_OPS), _AnyNumber()).parse()
-        except (_Invalid, ValueError, ArithmeticError, RecursionError):
-            value = None
+        value = _value(expression)
         checks["hits_target"] = value is not None and value == example.meta["target"]
         used = sorted(int(x) for x in re.findall(r"\d+", expression))
         checks["uses_numbers_once"] = used == sorted(int(x) for x in example.meta["numbers"])
         reasoning = generated.rsplit(ANSWER_MARKER.strip(), 1)[0] if ANSWER_MARKER.strip() in generated else generated
         steps = [m for m in map(_STEP_RE.match, reasoning.splitlines()) if m is not None]
         if steps:
-            checks["steps_correct"] = all(_step_is_true(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in steps))
+            checks["steps_correct"] = all(_value(f"{a}{op}{b}") == int(c) for a, op, b, c in (m.groups() for m in steps))
         return checks
 
     def score(self, generated: str, example: Example) -> bool:
