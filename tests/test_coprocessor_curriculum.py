@@ -154,7 +154,9 @@ def test_a_stage_computes_the_first_latents_of_the_final_stage() -> None:
     with torch.no_grad():
         _, all_latents = method.passes(batch["question_ids"], batch["question_mask"])
         _, first_two = method.passes(batch["question_ids"], batch["question_mask"], 2)
-    torch.testing.assert_close(first_two, all_latents[:, :2], atol=1e-6, rtol=1e-6)
+    # float32 defaults (atol 1e-5): 2 and 4 query rows take different matmul kernels, which differ by ~6e-6 on
+    # some CPUs; a wrong latent would differ by O(1).
+    torch.testing.assert_close(first_two, all_latents[:, :2])
 
 
 # ----------------------------------------------------------------------------- what trains

@@ -93,6 +93,24 @@ def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
                 assert dependency.get("task.branching") == cell.get("task.branching")
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    """Every file in configs/ loads and validates as the README's commands read it: a sweep (grid/groups) resolves
+    every cell to a valid RunConfig, a run config loads as one. A key a method does not have (e.g.
+    method.curriculum.* on coconut) fails here instead of at the first cell of an hour-long sweep."""
+    from latentreason.config import load_config, read_yaml, validate
+
+    if "groups" in read_yaml(path) or "grid" in read_yaml(path):
+        sweep = read_sweep(path)
+        cells = expand(sweep)
+        assert cells, path.name
+        for cell in cells:
+            cfg, _ = cell_config(sweep, cell, cells)
+            validate(cfg)
+    else:
+        validate(load_config(path))
+
+
 def test_replication_cpu_halves_share_their_no_cot_cells() -> None:
     """The CPU replication runs as two processes (part A, part B) writing into one out_dir: part B's looped
     ProsQA cells start from part A's No-CoT cells, so the shared cells must have the same name and config."""
