@@ -99,14 +99,14 @@ def test_every_shipped_config_loads(path: Path) -> None:
     every cell to a valid RunConfig, a run config loads as one. A key a method does not have (e.g.
     method.curriculum.* on coconut) fails here instead of at the first cell of an hour-long sweep."""
     from latentreason.config import load_config, read_yaml, validate
+    from latentreason.sweep import resolve_cells
 
-    if "groups" in read_yaml(path) or "grid" in read_yaml(path):
+    if {"grid", "groups"} & read_yaml(path).keys():
         sweep = read_sweep(path)
         cells = expand(sweep)
         assert cells, path.name
-        for cell in cells:
-            cfg, _ = cell_config(sweep, cell, cells)
-            validate(cfg)
+        _, invalid = resolve_cells(path, sweep, cells)  # the sweep's own pre-flight: configs, references, inputs
+        assert not invalid, invalid
     else:
         validate(load_config(path))
 
