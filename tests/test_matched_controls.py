@@ -99,3 +99,31 @@ def test_a_frozen_base_coprocessor_is_compared_with_its_start_run() -> None:
     assert h1["gain_mean"] == pytest.approx(statistics.fmean([0.6 - 0.5, 0.65 - 0.51, 0.7 - 0.52]))
     h2 = by(gains, **{"method.coprocessor.variant": "h2", "method.n_latents": 4})
     assert h2["control"].endswith("N_L=0") and h2["seeds"] == 2 and h2["gain_mean"] == pytest.approx(0.05)
+
+
+def test_a_frozen_base_start_outside_the_sweep_is_read_from_its_folder(tmp_path) -> None:
+    """A frozen-Base cell that starts from a committed run (not a cell) is compared with that run's own eval.json,
+    but only when the start was scored on the same eval examples (same task seed, size and generator params)."""
+    import json
+
+    import yaml
+
+    def start_run(name: str, accuracy: float, task_seed: int) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"method": {"name": "no_cot"}, "task": {"name": "prosqa", "seed": task_seed, "eval_size": 500, "params": {"n_nodes": 10}}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+        return str(folder)
+
+    def liu(run: str, start: str, task_seed: int = 0) -> dict:
+        cell = row(run, "coprocessor", 0.62, 0, n_latents=4, **{"method.coprocessor.variant": "liu", "task.seed": task_seed,
+                                                                "task.eval_size": 500, "task.params.n_nodes": 10})
+        return dict(cell, **{"train.init_from": start})
+
+    same = start_run("no_cot_same_split", 0.60, task_seed=0)
+    other = start_run("no_cot_other_split", 0.10, task_seed=1)
+    [entry] = control_gains([liu("liu_a", same)])
+    assert entry["control"] == "no_cot" and entry["gain_mean"] == pytest.approx(0.02)
+    [entry] = control_gains([liu("liu_b", other)])  # another eval split: not a control
+    assert entry["control"] is None and entry["seeds"] == 0

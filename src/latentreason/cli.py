@@ -220,6 +220,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(write_report(args.sweep_dir))
 
 
+def _cmd_claims(args: argparse.Namespace) -> None:
+    from latentreason.claims import write_claims
+
+    print(write_claims(args.sweep_dirs, args.out))
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     from latentreason.export import export_run
 
@@ -286,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="markdown report of a sweep")
     p.add_argument("sweep_dir")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("claims", help="the paper's claims decided from one or more sweeps' cells (paper_claims.md)")
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    p.add_argument("--out", help="file to write (default: the first SWEEP_DIR/paper_claims.md)")
+    p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("export", help="write a finished run as a Hugging Face directory (safetensors, tokenizer, model card)")
     p.add_argument("run_dir")

@@ -190,7 +190,8 @@ def write_report(sweep_dir: str | Path) -> str:
                   "Accuracy of each latent configuration minus that of its control: the cell trained from the same start "
                   "(`train.init_from`) with the same task, model, training and eval keys and the same seed, without latents "
                   "(each method's `control_overrides`: Coconut -> CoT continued for the same epochs; soft tokens and the "
-                  "coprocessor -> N_L = 0; looped -> one loop). Mean over the paired seeds with a Student-t 95% CI. A "
+                  "coprocessor -> N_L = 0; liu / H1, whose Base is frozen -> the start run itself, read from its folder when it is "
+                  "not a cell and was scored on the same eval examples; looped -> one loop). Mean over the paired seeds with a Student-t 95% CI. A "
                   "configuration whose control is not a cell of this sweep says so and names the cell to add.", ""]
         lines += [_control_gains_table(controls, branching_varies, axes), ""]
     lines += ["## Plots", ""]

@@ -57,17 +57,24 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     pretrained = {row["run"]: row["label"] for row in pretraining_rows(sweep_dir)}
     rows = []
     for run_dir in sorted((Path(sweep_dir) / "runs").glob("*")):
-        if not (run_dir / "eval.json").exists() or not (run_dir / "config.yaml").exists():
+        row = run_row(run_dir)
+        if row is None:
             continue
-        config = flatten(read_yaml(run_dir / "config.yaml"))
-        summary = json.loads((run_dir / "eval.json").read_text())
-        done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
-        row = {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")}
-        start = Path(str(config.get("train.init_from") or "")).name
+        start = Path(str(row.get("train.init_from") or "")).name
         if start in pretrained:
             row["start_label"] = pretrained[start]
         rows.append(row)
     return rows
+
+
+def run_row(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run as a row: its config (flattened), eval summary and training time; None without eval.json."""
+    if not (run_dir / "eval.json").exists() or not (run_dir / "config.yaml").exists():
+        return None
+    config = flatten(read_yaml(run_dir / "config.yaml"))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
+    return {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")}
 
 
 PRETRAINING_SUMMARY = "pretrain.json"
@@ -129,6 +136,11 @@ def _method_class(row: dict[str, Any]):
 def method_label(row: dict[str, Any]) -> str:
     """Name of the row's configuration in tables and plots (the method's `label`, e.g. coprocessor-h1)."""
     return _method_class(row).label(method_config(row))
+
+
+def replaces_steps(row: dict[str, Any]) -> bool:
+    """Whether the row's configuration trained with a step-replacing curriculum (the method's `replaces_steps`)."""
+    return bool(_method_class(row).replaces_steps(method_config(row)))
 
 
 def latent_budget(row: dict[str, Any]) -> int:
@@ -321,6 +333,25 @@ def _start_run(row: dict[str, Any], runs: set[str]) -> Any:
     return Path(str(start)).name if Path(str(start)).name in runs else str(start)
 
 
+EVAL_SPLIT_KEYS = ("task.name", "task.branching", "task.seed", "task.eval_size", "task.eval_path")
+"""What fixes a run's eval examples, with the generator parameters (task.params.*): two runs that agree on all of
+them were scored on the same problems."""
+
+
+def _start_outside(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished run a cell starts from when it is not a cell of the sweep (e.g. a committed recipe model),
+    read from its own folder, if it was scored on the cell's eval examples; else None."""
+    if not row.get("train.init_from"):
+        return None
+    start = run_row(Path(str(row["train.init_from"])))
+    if start is None:
+        return None
+    params = {k for k in (*start, *row) if k.startswith("task.params.")}
+    if any(_hashable(start.get(k)) != _hashable(row.get(k)) for k in (*EVAL_SPLIT_KEYS, *params)):
+        return None
+    return start
+
+
 def _describe(row: dict[str, Any]) -> str:
     return method_label(row) if is_reference(row) else f"{method_label(row)} N_L={latent_budget(row)}"
 
@@ -335,7 +366,8 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     N_L = 8 from seed 1's CoT run is compared with seed 1's CoT continued from that run for the same epochs,
     soft tokens with the same soft-token configuration at N_L = 0. Identical duplicates: the first by run name.
     A method whose control_overrides is {} (liu and H1: a frozen Base without latents is its start, unchanged
-    by any number of steps) is compared with the start run itself, when that run is a cell of the sweep.
+    by any number of steps) is compared with the start run itself: a cell of the sweep, or else the finished run
+    at `train.init_from` when it was scored on the same eval examples (EVAL_SPLIT_KEYS).
 
     One entry per latent configuration (configuration_axes, as in paired_gains): `control` (its description,
     None when no cell of the sweep is one), `wanted` (the overrides, so a missing control can be added),
@@ -361,7 +393,7 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def control_of(row: dict[str, Any]) -> dict[str, Any] | None:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
-            return by_run.get(_start_run(row, runs))
+            return by_run.get(_start_run(row, runs)) or _start_outside(row)
         return candidates.get(identity(dict(row, **overrides)))
 
     out = []

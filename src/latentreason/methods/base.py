@@ -134,6 +134,12 @@ class LatentMethod(nn.Module):
         return cls.trains_on_steps
 
     @classmethod
+    def replaces_steps(cls, config: MethodConfig) -> bool:
+        """Whether training replaces the reasoning steps by latent slots stage by stage (a Coconut-style
+        curriculum): the paper's curriculum regime, as opposed to answer-only training or a pretrained start."""
+        return False
+
+    @classmethod
     def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
         """Flat config keys that turn this latent configuration into its matched no-latent control (trained
         from the same start, for the same steps, on the same data: results.control_gains looks that cell up);

@@ -80,6 +80,10 @@ class Coconut(LatentMethod):
         return cls.latent_budget(config) + 2  # the latents between <bot> and <eot>
 
     @classmethod
+    def replaces_steps(cls, config: MethodConfig) -> bool:
+        return not config.coconut.fixed_latents
+
+    @classmethod
     def control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
         """CoT continued from the same start (the CoT run) for the same steps: what the curriculum's extra
         training gives without any continuous thought."""

@@ -104,6 +104,10 @@ class CurriculumStages:
     def uses_steps(cls, config) -> bool:
         return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
+    @classmethod
+    def replaces_steps(cls, config) -> bool:
+        return config.curriculum.enabled
+
     def start_curriculum(self, config, n_latents: int, first_stage: int = 0) -> None:
         """The stage rules of `config.curriculum` over N_L = `n_latents` latents, with `pad_latent_to_max` (one slot
         count per batch: the first k of the N_L slots), and the final stage, which generation always uses."""

@@ -86,9 +86,12 @@ class LoopKV:
             fill_k, fill_v = fill.last_columns(layer, n)
             self.keys[layer][:, :, start:end] = fill_k
             self.values[layer][:, :, start:end] = fill_v
-        self.keys[layer][rows, :, start:end] = keys
-        self.values[layer][rows, :, start:end] = values
-        return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
+        # index_copy_ / index_select, not advanced indexing: on CPU `aten::index` was ~6x slower for the same
+        # row gather and most of Q-exit's overhead at batch 32 (docs/LOG.md, sessions 4 and 8; the profile
+        # after the change is in results/bench/looped_tiny.md).
+        self.keys[layer].narrow(2, start, n).index_copy_(0, rows, keys)
+        self.values[layer].narrow(2, start, n).index_copy_(0, rows, values)
+        return self.keys[layer].narrow(2, 0, end).index_select(0, rows), self.values[layer].narrow(2, 0, end).index_select(0, rows)
 
     def append_meta(self, valid: torch.Tensor, pos: torch.Tensor) -> None:
         """Full-batch `valid` / `pos` of the n columns just written at every layer."""

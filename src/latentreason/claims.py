@@ -1,0 +1,396 @@
+"""The claims of Coda-Forno et al. (2025) decided from a sweep's finished cells: paired differences, CIs, verdicts.
+
+    latentreason claims SWEEP_DIR [SWEEP_DIR ...] [--out FILE]   (default FILE: the first SWEEP_DIR/paper_claims.md)
+
+Each claim is a set of paired comparisons "a - b": two arms (method label without the regime, and N_L) of one
+setting (task, branching) and one training regime (curriculum / answer-only / pretrained start), paired by seed
+and start run (cells with the same `train.seed` and `train.init_from`), so the seed-to-seed spread of a shared
+start cancels. Mean over the pairs with a Student-t 95% CI; a comparison supports a claim only when the CI lies
+on the claim's side of 0, contradicts it only when the CI lies on the other side, and otherwise decides nothing
+(one seed never decides). A claim whose arms the sweeps lack says which cells it needs: "cannot decide" is a
+verdict here, never a silent omission. Geometry claims print every cross-capture beside its nulls (Gaussian with
+matched covariance, random subspaces, slot-label permutation; analysis/nulls.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from latentreason.methods.coprocessor import FROZEN_BASE_VARIANTS, VARIANTS, Coprocessor
+from latentreason.methods.soft_tokens import SoftTokens
+from latentreason.results import collect, control_gains, latent_budget, mean_ci95, method_label, replaces_steps
+from latentreason.tables import markdown_table
+
+JOINT_VARIANTS = tuple(v for v in VARIANTS if v not in FROZEN_BASE_VARIANTS)
+"""The dual variants that train the Base with the Coprocessor (H2)."""
+
+
+# ----------------------------------------------------------------------------- rows: setting, regime, arm
+
+
+def setting(row: dict[str, Any]) -> str:
+    return f"{row['task.name']} b={row['task.branching']}" if row.get("task.name") == "countdown" else str(row.get("task.name"))
+
+
+def regime(row: dict[str, Any]) -> str:
+    """The paper's two regimes and the answer-only one: a cell whose method replaced the steps stage by stage
+    (Coconut, `method.curriculum.enabled`) is a curriculum cell; a cell that starts from a pretraining cell
+    (collect names it in start_label) is pretrained; anything else trains on question -> answer only."""
+    if replaces_steps(row):
+        return "curriculum"
+    if row.get("start_label"):
+        return "pretrained"
+    return "answer-only"
+
+
+def arm(row: dict[str, Any]) -> tuple[str, int]:
+    """(method label without the regime suffix, N_L): what a claim compares across regimes alike."""
+    return method_label(row).removesuffix("+curriculum"), latent_budget(row)
+
+
+def learned(row: dict[str, Any]) -> bool:
+    """Above both no-reasoning reference points of its eval split (chance, the audit's shortcut ceiling): a cell
+    at or below either has learned nothing the comparison could credit, so it never decides a claim."""
+    floor = max(row.get("chance_accuracy") or 0.0, row.get("shortcut_ceiling") or 0.0)
+    return row.get("accuracy") is not None and row["accuracy"] > floor
+
+
+def arm_name(row: dict[str, Any]) -> str:
+    return "{} N_L={}".format(*arm(row))
+
+
+def with_analyses(rows: list[dict[str, Any]], sweep_dir: Path) -> list[dict[str, Any]]:
+    """Rows with their run's cross-capture and its nulls attached (when `latentreason analyze` has run)."""
+    out = []
+    for row in rows:
+        path = sweep_dir / "runs" / row["run"] / "analysis" / "analysis.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            nulls = (data.get("nulls") or {}).get("cross_capture_mean_off_diagonal") or {}
+            row = dict(row, cross_capture=data.get("cross_capture_mean_off_diagonal"), cross_capture_nulls=nulls)
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+
+
+@dataclass
+class Comparison:
+    """a - b over the seeds (and starts) both arms have, in one setting and regime."""
+
+    setting: str
+    regime: str
+    a: str
+    b: str
+    differences: list[float]
+    not_learned: int = 0
+    """Cells of either arm at or below chance or the shortcut ceiling: the comparison then decides nothing."""
+
+    @property
+    def mean(self) -> float | None:
+        return mean_ci95(self.differences)[0] if self.differences else None
+
+    @property
+    def half(self) -> float | None:
+        return mean_ci95(self.differences)[1] if self.differences else None
+
+    def side(self) -> int | None:
+        """+1 / -1 when the 95% CI excludes 0 on that side, 0 when it includes 0, None when undecidable (one pair,
+        or a cell that learned nothing)."""
+        if self.not_learned or len(self.differences) < 2 or self.half is None or math.isnan(self.half):
+            return None
+        if self.mean - self.half > 0:
+            return 1
+        if self.mean + self.half < 0:
+            return -1
+        return 0
+
+    def text(self) -> str:
+        if not self.differences:
+            return "n/a"
+        wins = sum(d > 0 for d in self.differences)
+        spread = "one seed: no CI" if self.half is None else f"± {self.half:.3f}"
+        return f"{self.mean:+.3f} {spread} ({wins}/{len(self.differences)} pairs a > b)"
+
+    def decides(self) -> str:
+        if self.not_learned:
+            return f"no: {self.not_learned} cell(s) not above the shortcut ceiling"
+        return {1: "a > b", -1: "a < b", 0: "no difference detected", None: "no: one pair"}[self.side()]
+
+
+def _pair_key(row: dict[str, Any]) -> tuple:
+    return row.get("train.seed"), row.get("task.seed"), str(row.get("train.init_from"))
+
+
+def compare(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], key: str = "accuracy") -> list[Comparison]:
+    """Paired a - b in `key`, one Comparison per (setting, regime) where both arms have cells with the same seed
+    and start; the first cell by run name when an arm has several for one pair key."""
+    out = []
+    for s in sorted({setting(r) for r in rows}):
+        for g in ("curriculum", "answer-only", "pretrained"):
+            here = sorted((r for r in rows if setting(r) == s and regime(r) == g and r.get(key) is not None), key=lambda r: r["run"])
+            side_a, side_b = {}, {}
+            for r in here:
+                if a(r):
+                    side_a.setdefault(_pair_key(r), r)
+                if b(r):
+                    side_b.setdefault(_pair_key(r), r)
+            if not side_a or not side_b:
+                continue
+            pairs = [(side_a[k], side_b[k]) for k in side_a if k in side_b]
+            if not pairs:  # both arms here, but never from the same seed and start: nothing to pair
+                continue
+            out.append(Comparison(s, g, arm_name(next(iter(side_a.values()))), arm_name(next(iter(side_b.values()))),
+                                  [x[key] - y[key] for x, y in pairs], sum(not learned(r) for pair in pairs for r in pair)))
+    return out
+
+
+def is_arm(label: str, n_latents: int | None = None) -> Callable[[dict], bool]:
+    """Rows of the configuration whose label (regime suffix removed) is `label`, at N_L = `n_latents` if given."""
+    def test(row: dict) -> bool:
+        lab, n = arm(row)
+        return lab == label and (n_latents is None or n == n_latents)
+    return test
+
+
+def soft_tokens(n_latents: int | None = None) -> Callable[[dict], bool]:
+    return lambda row: row.get("method.name") == SoftTokens.name and (n_latents is None or latent_budget(row) == n_latents)
+
+
+def dual(variant: str, n_latents: int | None = None) -> Callable[[dict], bool]:
+    return lambda row: (row.get("method.name") == Coprocessor.name and row.get("method.coprocessor.variant") == variant
+                        and (n_latents is None or latent_budget(row) == n_latents))
+
+
+def latent_counts(rows: list[dict[str, Any]], which: Callable[[dict], bool]) -> list[int]:
+    return sorted({latent_budget(r) for r in rows if which(r) and latent_budget(r) > 0})
+
+
+# ----------------------------------------------------------------------------- the claims
+
+
+@dataclass
+class Claim:
+    title: str
+    direction: str
+    """What the paper says of a - b: '>' (a better), '>=' (a matches or beats b)."""
+    comparisons: list[Comparison]
+    needs: str
+    """The cells that would decide it, printed when there are no comparisons."""
+    fixed_verdict: str | None = None
+    """A verdict decided otherwise than by the comparisons (the overlap-vs-nulls claim)."""
+
+    def verdict(self) -> str:
+        if self.fixed_verdict is not None:
+            return self.fixed_verdict
+        sides = [c.side() for c in self.comparisons]
+        decided = [s for s in sides if s is not None]
+        if not self.comparisons:
+            return f"cannot decide: no cells for it ({self.needs})"
+        against = -1 if self.direction in (">", ">=") else None
+        if against in decided:
+            return "contradicted" + (" in part" if 1 in decided else "")
+        if 1 in decided:
+            return "reproduced"
+        if not decided:
+            reasons = {"cells not above their shortcut ceiling" if c.not_learned else "one seed per comparison (no CI)"
+                       for c in self.comparisons}
+            return "cannot decide: " + "; ".join(sorted(reasons))
+        return "consistent (no difference detected)" if self.direction == ">=" else "not reproduced (no difference detected)"
+
+
+def accuracy_claims(rows: list[dict[str, Any]]) -> list[Claim]:
+    claims = []
+    # 1. Unified soft tokens match or beat the dual architecture at the same latent budget.
+    comps = []
+    for v in VARIANTS:
+        for n in latent_counts(rows, dual(v)):
+            comps += compare(rows, soft_tokens(n), dual(v, n))
+    claims.append(Claim("Unified soft tokens match or beat the dual (Base + Coprocessor) model at the same N_L", ">=", comps,
+                        "soft-token and coprocessor cells at the same N_L, regime and seeds"))
+    # 2. H1 (K/V injection) beats Liu (latents as embeddings), both over a frozen Base.
+    embedding_variant, kv_variant = FROZEN_BASE_VARIANTS  # (liu, h1): latents as input embeddings, as per-layer K/V
+    comps = []
+    for n in latent_counts(rows, dual(kv_variant)):
+        comps += compare(rows, dual(kv_variant, n), dual(embedding_variant, n))
+    claims.append(Claim("H1 > Liu (frozen Base: per-layer K/V beats latents as input embeddings)", ">", comps,
+                        "coprocessor h1 and liu cells at the same N_L"))
+    # 3. Joint fine-tuning (H2) beats the frozen-Base variants.
+    comps = []
+    for joint in JOINT_VARIANTS:
+        for frozen in FROZEN_BASE_VARIANTS:
+            for n in latent_counts(rows, dual(joint)):
+                comps += compare(rows, dual(joint, n), dual(frozen, n))
+    claims.append(Claim("H2 (Base and Coprocessor trained jointly) > the frozen-Base variants", ">", comps,
+                        "coprocessor h2 beside liu or h1 cells at the same N_L"))
+    # 4. Accuracy is flat beyond a small N_L: a larger budget is not better than the smallest one.
+    comps = []
+    for label in sorted({arm(r)[0] for r in rows}):
+        counts = latent_counts(rows, is_arm(label))
+        for n in counts[1:]:
+            comps += compare(rows, is_arm(label, counts[0]), is_arm(label, n))
+    claims.append(Claim("Accuracy is flat beyond a small N_L (the smallest N_L > 0 is not worse than larger ones)", ">=", comps,
+                        "one method at two or more N_L > 0"))
+    # 5. Accuracy falls as the branching factor grows (Countdown), for every method.
+    comps = []
+    by_task_arm: dict[tuple, set[int]] = {}
+    for r in rows:
+        if r.get("task.name") == "countdown":
+            by_task_arm.setdefault(arm(r), set()).add(int(r["task.branching"]))
+    for (label, n), branchings in sorted(by_task_arm.items()):
+        ordered = sorted(branchings)
+        for low, high in zip(ordered, ordered[1:]):
+            comps += _across_branching(rows, label, n, low, high)
+    claims.append(Claim("Accuracy falls as the Countdown branching factor grows (a = smaller b)", ">", comps,
+                        "one method on Countdown at two branching factors"))
+    return claims
+
+
+def _across_branching(rows: list[dict[str, Any]], label: str, n: int, low: int, high: int) -> list[Comparison]:
+    """Accuracy at branching `low` minus at `high`, paired by seed only (the starts differ by task)."""
+    def cells(b: int) -> dict:
+        found: dict = {}
+        for r in sorted(rows, key=lambda r: r["run"]):
+            if r.get("task.name") == "countdown" and int(r["task.branching"]) == b and arm(r) == (label, n):
+                found.setdefault((regime(r), r.get("train.seed")), r)
+        return found
+    a, b = cells(low), cells(high)
+    out = []
+    for g in sorted({k[0] for k in a} & {k[0] for k in b}):
+        keys = [k for k in a if k[0] == g and k in b]
+        if keys:
+            # A collapse to chance at the larger b is the finding here, so only the smaller b must have learned.
+            out.append(Comparison(f"countdown b={low} vs b={high}", g, f"{label} N_L={n} b={low}", f"b={high}",
+                                  [a[k]["accuracy"] - b[k]["accuracy"] for k in keys], sum(not learned(a[k]) for k in keys)))
+    return out
+
+
+def geometry_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per analysed run: cross-capture beside its three nulls, and whether it clears the two 'unrelated' nulls."""
+    out = []
+    for r in sorted(rows, key=lambda r: r["run"]):
+        if r.get("cross_capture") is None:
+            continue
+        nulls = r.get("cross_capture_nulls") or {}
+
+        def null(kind: str) -> str:
+            n = nulls.get(kind) or {}
+            if n.get("mean") is None:
+                return ""
+            return f"{n['mean']:.3f} [{n['lo']:.3f}, {n['hi']:.3f}]" if n.get("lo") is not None else f"{n['mean']:.3f}"
+
+        highs = [(nulls.get(k) or {}).get("hi") for k in ("null_gauss", "null_subspace")]
+        clears = all(h is not None and r["cross_capture"] > h for h in highs)
+        out.append({"run": r["run"], "setting": setting(r), "regime": regime(r), "arm": arm_name(r),
+                    "accuracy": r.get("accuracy"), "learned": "yes" if learned(r) else "no (at/below ceiling)",
+                    "cross-capture": r["cross_capture"], "null_gauss": null("null_gauss"),
+                    "null_subspace": null("null_subspace"), "null_perm": null("null_perm"),
+                    "overlap beyond chance": "yes" if clears else "no"})
+    return out
+
+
+def geometry_claims(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Claim]]:
+    """'Latent slots overlap' (every analysed run against its unrelated-slot nulls) and 'more so without the
+    curriculum' (cross-capture answer-only minus curriculum, paired by seed)."""
+    table = [g for g in geometry_rows(rows) if g["learned"] == "yes"]  # geometry of a model that learned nothing is no finding
+    beyond = sum(g["overlap beyond chance"] == "yes" for g in table)
+    if not table:
+        overlap = "cannot decide: no analysed cell above its shortcut ceiling (latentreason analyze RUN_DIR)"
+    elif beyond == len(table):
+        overlap = f"reproduced: all {len(table)} analysed runs above both unrelated-slot nulls"
+    elif beyond == 0:
+        overlap = f"not reproduced: none of {len(table)} analysed runs above both unrelated-slot nulls"
+    else:
+        overlap = f"in part: {beyond} of {len(table)} analysed runs above both unrelated-slot nulls"
+    comps = _across_regimes([r for r in rows if r.get("cross_capture") is not None])
+    return geometry_rows(rows), [
+        Claim("Latent slots overlap (cross-capture above what unrelated slots give)", ">", [], "", fixed_verdict=overlap),
+        Claim("Slots overlap more without the curriculum (cross-capture: answer-only - curriculum)", ">", comps,
+              "analysed cells of one method in both regimes (latentreason analyze)"),
+    ]
+
+
+def _across_regimes(rows: list[dict[str, Any]]) -> list[Comparison]:
+    """Cross-capture without the curriculum minus with it, per (setting, arm), paired by seed (the two regimes
+    start from different runs, so compare() -- which pairs within one regime -- cannot pair them)."""
+    out = []
+    for s in sorted({setting(r) for r in rows}):
+        for a in sorted({arm(r) for r in rows if setting(r) == s}):
+            cells: dict[str, dict] = {"answer-only": {}, "curriculum": {}}
+            for r in sorted(rows, key=lambda r: r["run"]):
+                if setting(r) == s and arm(r) == a and regime(r) in cells:
+                    cells[regime(r)].setdefault(r.get("train.seed"), r)
+            keys = [k for k in cells["answer-only"] if k in cells["curriculum"]]
+            if keys:
+                pairs = [(cells["answer-only"][k], cells["curriculum"][k]) for k in keys]
+                out.append(Comparison(s, "answer-only vs curriculum", f"{a[0]} N_L={a[1]} answer-only", "curriculum",
+                                      [x["cross_capture"] - y["cross_capture"] for x, y in pairs],
+                                      sum(not learned(r) for pair in pairs for r in pair)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+def _claim_section(number: int, claim: Claim) -> list[str]:
+    lines = [f"## {number}. {claim.title}", "", f"**Verdict: {claim.verdict()}**", ""]
+    if claim.comparisons:
+        table = [{"setting": c.setting, "regime": c.regime, "a": c.a, "b": c.b, "pairs": len(c.differences),
+                  "a - b (mean, 95% CI)": c.text(), "decides": c.decides()} for c in claim.comparisons]
+        lines += [markdown_table(table, list(table[0])), ""]
+    return lines
+
+
+def _controls_section(rows: list[dict[str, Any]]) -> list[str]:
+    table = []
+    for g in control_gains(rows):
+        half = g.get("gain_ci95_half")
+        gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
+        table.append({"setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
+                      "control": g["control"] or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain})
+    if not table:
+        return []
+    return ["## Every latent configuration against its matched no-latent control", "",
+            "Same start, same extra steps, paired by seed (results.control_gains; the report has the full table). A",
+            "frozen-Base cell (liu, H1) is compared with its start run, scored on the same eval examples.", "",
+            markdown_table(table, list(table[0])), ""]
+
+
+def write_claims(sweep_dirs: list[str | Path], out: str | Path | None = None) -> str:
+    """paper_claims.md for the cells of one or more sweeps (the first sweep's folder unless `out`)."""
+    dirs = [Path(d) for d in sweep_dirs]
+    rows = []
+    for d in dirs:
+        rows += with_analyses(collect(d), d)
+    if not rows:
+        raise SystemExit(f"claims: no finished cells with an eval.json under {', '.join(str(d / 'runs') for d in dirs)}")
+    claims = accuracy_claims(rows)
+    geometry, overlap_claims = geometry_claims(rows)
+    ceilings: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("shortcut_ceiling") is not None:
+            ceilings.setdefault(setting(r), []).append(r["shortcut_ceiling"])
+    ceiling_text = ", ".join(f"{s} {min(c):.2f}" + (f"-{max(c):.2f}" if max(c) > min(c) else "") for s, c in sorted(ceilings.items()))
+    lines = ["# The paper's claims on these cells (generated by `latentreason claims`)", "",
+             f"Sweeps: {', '.join(f'`{d}`' for d in dirs)}; {len(rows)} finished cells. A comparison decides only when its",
+             "paired 95% CI (Student t over seeds) excludes 0; one seed decides nothing.",
+             "Shortcut ceilings of the eval splits (no-reasoning heuristics): "
+             + (ceiling_text or "not recorded") + ".", ""]
+    for number, claim in enumerate(claims, 1):
+        lines += _claim_section(number, claim)
+    lines += _claim_section(len(claims) + 1, overlap_claims[0])
+    if geometry:
+        lines += ["Cross-capture of every analysed run beside its nulls (mean [95% prediction interval]); 'overlap beyond",
+                  "chance' = above the upper end of both the Gaussian and the random-subspace null. null_perm is the fully",
+                  "shared end (slots exchangeable). Runs not above their shortcut ceiling are listed but not counted.", "", markdown_table(geometry, list(geometry[0])), ""]
+    lines += _claim_section(len(claims) + 2, overlap_claims[1])
+    lines += _controls_section(rows)
+    text = "\n".join(lines)
+    target = Path(out) if out else dirs[0] / "paper_claims.md"
+    target.write_text(text)
+    return text

@@ -1,0 +1,101 @@
+"""The paper's claims decided from sweep rows (claims.py): comparisons pair cells by seed and start within one
+setting and regime, a verdict needs a 95% CI that excludes 0, and a claim without its cells says so."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from latentreason.claims import accuracy_claims, compare, geometry_claims, is_arm, regime, write_claims
+
+
+def row(run: str, method: str, accuracy: float, seed: int, n_latents: int = 4, start: str = "cot", **keys) -> dict:
+    return {"run": run, "method.name": method, "method.n_latents": n_latents, "train.seed": seed, "task.name": "countdown",
+            "task.branching": keys.pop("branching", 3), "train.init_from": f"/starts/{start}_seed{seed}", "accuracy": accuracy,
+            "accuracy_ci95": [0.0, 1.0], "method.curriculum.enabled": keys.pop("curriculum", True), **keys}
+
+
+def dual(run: str, variant: str, accuracy: float, seed: int, **keys) -> dict:
+    return row(run, "coprocessor", accuracy, seed, **{"method.coprocessor.variant": variant}, **keys)
+
+
+def claim(claims: list, start: str):
+    [found] = [c for c in claims if c.title.startswith(start)]
+    return found
+
+
+def test_h1_beats_liu_only_when_the_paired_ci_excludes_zero() -> None:
+    h1, liu = [0.60, 0.62, 0.65], [0.50, 0.55, 0.52]
+    rows = [dual(f"h1_{s}", "h1", h1[s], s) for s in range(3)] + [dual(f"liu_{s}", "liu", liu[s], s) for s in range(3)]
+    found = claim(accuracy_claims(rows), "H1 > Liu")
+    [comparison] = found.comparisons
+    assert comparison.differences == pytest.approx([a - b for a, b in zip(h1, liu)])
+    assert comparison.mean == pytest.approx(statistics.fmean(comparison.differences))
+    assert found.verdict() == "reproduced"
+    # The same means with one seed flipped: the CI now includes 0, which decides nothing.
+    rows[2]["accuracy"] = 0.40
+    assert claim(accuracy_claims(rows), "H1 > Liu").verdict() == "not reproduced (no difference detected)"
+
+
+def test_soft_tokens_below_every_dual_variant_contradicts_the_claim() -> None:
+    rows = [row(f"soft_{s}", "soft_tokens", 0.4 + 0.01 * s, s) for s in range(3)]
+    rows += [dual(f"h2_{s}", "h2", 0.6 + 0.02 * s, s) for s in range(3)]
+    assert claim(accuracy_claims(rows), "Unified soft tokens").verdict() == "contradicted"
+
+
+def test_pairs_need_the_same_seed_start_and_regime() -> None:
+    rows = [dual("h1_0", "h1", 0.7, 0), dual("h1_1", "h1", 0.7, 1, start="no_cot"),
+            dual("liu_0", "liu", 0.5, 0), dual("liu_1", "liu", 0.5, 1), dual("liu_2", "liu", 0.1, 2),
+            dual("liu_0_answer_only", "liu", 0.0, 0, curriculum=False)]
+    [comparison] = compare(rows, is_arm("coprocessor-h1", 4), is_arm("coprocessor-liu", 4))
+    assert comparison.regime == "curriculum" and comparison.differences == pytest.approx([0.2])  # seed 1: other start; 2: no h1
+    assert claim(accuracy_claims(rows), "H1 > Liu").verdict() == "cannot decide: one seed per comparison (no CI)"
+
+
+def test_a_claim_without_its_cells_names_what_it_needs() -> None:
+    rows = [row(f"soft_{s}", "soft_tokens", 0.5, s) for s in range(2)]
+    verdicts = {c.title.split(" ")[0]: c.verdict() for c in accuracy_claims(rows)}
+    assert verdicts["H1"] == "cannot decide: no cells for it (coprocessor h1 and liu cells at the same N_L)"
+    assert all(v.startswith("cannot decide") for v in verdicts.values())
+
+
+def test_accuracy_falls_with_branching_pairs_seeds_across_tasks() -> None:
+    rows = [row(f"cot_b3_{s}", "cot", 0.70 + 0.01 * s, s, n_latents=0, curriculum=False) for s in range(3)]
+    rows += [row(f"cot_b4_{s}", "cot", 0.03 + 0.01 * s, s, n_latents=0, curriculum=False, branching=4) for s in range(3)]
+    found = claim(accuracy_claims(rows), "Accuracy falls")
+    assert found.verdict() == "reproduced" and found.comparisons[0].differences == pytest.approx([0.67] * 3)
+
+
+def test_overlap_is_judged_against_the_unrelated_slot_nulls() -> None:
+    nulls = {"null_gauss": {"mean": 0.05, "lo": 0.04, "hi": 0.06}, "null_subspace": {"mean": 0.05, "lo": 0.04, "hi": 0.07},
+             "null_perm": {"mean": 0.9, "lo": 0.89, "hi": 0.91}}
+    rows = [row("soft_0", "soft_tokens", 0.5, 0, cross_capture=0.40, cross_capture_nulls=nulls),
+            row("soft_1", "soft_tokens", 0.5, 1, cross_capture=0.065, cross_capture_nulls=nulls),  # inside the subspace null
+            row("soft_0_ao", "soft_tokens", 0.5, 0, curriculum=False, cross_capture=0.6, cross_capture_nulls=nulls)]
+    table, (overlap, more_without) = geometry_claims(rows)
+    assert {g["run"]: g["overlap beyond chance"] for g in table} == {"soft_0": "yes", "soft_1": "no", "soft_0_ao": "yes"}
+    assert overlap.verdict() == "in part: 2 of 3 analysed runs above both unrelated-slot nulls"
+    [comparison] = more_without.comparisons
+    assert comparison.differences == pytest.approx([0.2]) and regime(rows[2]) == "answer-only"
+
+
+def test_an_empty_sweep_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit, match="no finished cells"):
+        write_claims([tmp_path])
+
+
+def test_a_cell_at_or_below_its_shortcut_ceiling_decides_nothing() -> None:
+    """Three seeds with a clear paired gap, but liu scores at the shortcut ceiling: it learned nothing, so the
+    comparison is shown and never counted; its geometry is listed and left out of the overlap verdict."""
+    nulls = {"null_gauss": {"mean": 0.05, "lo": 0.04, "hi": 0.06}, "null_subspace": {"mean": 0.05, "lo": 0.04, "hi": 0.06}}
+    rows = [dual(f"h1_{s}", "h1", 0.60 + 0.01 * s, s, shortcut_ceiling=0.25) for s in range(3)]
+    rows += [dual(f"liu_{s}", "liu", 0.25, s, shortcut_ceiling=0.25, cross_capture=0.5, cross_capture_nulls=nulls) for s in range(3)]
+    found = claim(accuracy_claims(rows), "H1 > Liu")
+    [comparison] = found.comparisons
+    assert comparison.not_learned == 3 and comparison.side() is None and comparison.decides().startswith("no: 3 cell(s)")
+    assert found.verdict() == "cannot decide: cells not above their shortcut ceiling"
+    table, (overlap, _) = geometry_claims(rows)
+    assert len(table) == 3 and {g["learned"] for g in table} == {"no (at/below ceiling)"}
+    assert overlap.verdict().startswith("cannot decide: no analysed cell above its shortcut ceiling")
