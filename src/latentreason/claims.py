@@ -192,8 +192,7 @@ class Claim:
         decided = [s for s in sides if s is not None]
         if not self.comparisons:
             return f"cannot decide: no cells for it ({self.needs})"
-        against = -1 if self.direction in (">", ">=") else None
-        if against in decided:
+        if -1 in decided:  # the CI on the other side of 0 from the claim
             return "contradicted" + (" in part" if 1 in decided else "")
         if 1 in decided:
             return "reproduced"
