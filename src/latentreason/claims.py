@@ -296,7 +296,8 @@ def geometry_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def geometry_claims(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Claim]]:
     """'Latent slots overlap' (every analysed run against its unrelated-slot nulls) and 'more so without the
     curriculum' (cross-capture answer-only minus curriculum, paired by seed)."""
-    table = [g for g in geometry_rows(rows) if g["learned"] == "yes"]  # geometry of a model that learned nothing is no finding
+    every_run = geometry_rows(rows)
+    table = [g for g in every_run if g["learned"] == "yes"]  # geometry of a model that learned nothing is no finding
     beyond = sum(g["overlap beyond chance"] == "yes" for g in table)
     if not table:
         overlap = "cannot decide: no analysed cell above its shortcut ceiling (latentreason analyze RUN_DIR)"
@@ -307,7 +308,7 @@ def geometry_claims(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     else:
         overlap = f"in part: {beyond} of {len(table)} analysed runs above both unrelated-slot nulls"
     comps = _across_regimes([r for r in rows if r.get("cross_capture") is not None])
-    return geometry_rows(rows), [
+    return every_run, [
         Claim("Latent slots overlap (cross-capture above what unrelated slots give)", ">", [], "", fixed_verdict=overlap),
         Claim("Slots overlap more without the curriculum (cross-capture: answer-only - curriculum)", ">", comps,
               "analysed cells of one method in both regimes (latentreason analyze)"),
