@@ -14,7 +14,6 @@ matched covariance, random subspaces, slot-label permutation; analysis/nulls.py)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Callable
 
 from latentreason.methods.coprocessor import FROZEN_BASE_VARIANTS, VARIANTS, Coprocessor
 from latentreason.methods.soft_tokens import SoftTokens
-from latentreason.results import collect, control_gains, latent_budget, mean_ci95, method_label, replaces_steps
+from latentreason.results import analysis_summary, collect, control_gains, latent_budget, mean_ci95, method_label, replaces_steps
 from latentreason.tables import markdown_table
 
 JOINT_VARIANTS = tuple(v for v in VARIANTS if v not in FROZEN_BASE_VARIANTS)
@@ -67,11 +66,11 @@ def with_analyses(rows: list[dict[str, Any]], sweep_dir: Path) -> list[dict[str,
     """Rows with their run's cross-capture and its nulls attached (when `latentreason analyze` has run)."""
     out = []
     for row in rows:
-        path = sweep_dir / "runs" / row["run"] / "analysis" / "analysis.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            nulls = (data.get("nulls") or {}).get("cross_capture_mean_off_diagonal") or {}
-            row = dict(row, cross_capture=data.get("cross_capture_mean_off_diagonal"), cross_capture_nulls=nulls)
+        summary = analysis_summary(sweep_dir / "runs" / row["run"])
+        if summary is not None:
+            prefix = "cross_capture_mean_off_diagonal/"
+            row = dict(row, cross_capture=summary["cross_capture_mean_off_diagonal"],
+                       cross_capture_nulls={k.removeprefix(prefix): v for k, v in summary.items() if k.startswith(prefix)})
         out.append(row)
     return out
 
@@ -127,27 +126,39 @@ def _pair_key(row: dict[str, Any]) -> tuple:
     return row.get("train.seed"), row.get("task.seed"), str(row.get("train.init_from"))
 
 
-def compare(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], key: str = "accuracy") -> list[Comparison]:
-    """Paired a - b in `key`, one Comparison per (setting, regime) where both arms have cells with the same seed
-    and start; the first cell by run name when an arm has several for one pair key."""
+def _by_seed(row: dict[str, Any]) -> Any:
+    return row.get("train.seed")
+
+
+def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], *,
+           group: Callable[[dict], tuple], pair: Callable[[dict], Any] = _pair_key, key: str = "accuracy",
+           names: Callable[[dict, dict], tuple[str, str]] | None = None, only_a_must_learn: bool = False) -> list[Comparison]:
+    """Paired a - b in `key`: one Comparison per `group(row)` = (setting label, regime label, *more) where both
+    arms have cells with the same `pair(row)`; the first cell by run name when an arm has several for one key.
+    `names(first a cell, first b cell)` labels the two arms (default: arm_name of each). A cell of either arm
+    that learned nothing makes the comparison undecidable, or only of arm a when `only_a_must_learn`."""
+    sides: dict[tuple, tuple[dict, dict]] = {}
+    for r in sorted(rows, key=lambda r: r["run"]):
+        if r.get(key) is None:
+            continue
+        for side, wanted in enumerate((a, b)):
+            if wanted(r):
+                sides.setdefault(group(r), ({}, {}))[side].setdefault(pair(r), r)
     out = []
-    for s in sorted({setting(r) for r in rows}):
-        for g in ("curriculum", "answer-only", "pretrained"):
-            here = sorted((r for r in rows if setting(r) == s and regime(r) == g and r.get(key) is not None), key=lambda r: r["run"])
-            side_a, side_b = {}, {}
-            for r in here:
-                if a(r):
-                    side_a.setdefault(_pair_key(r), r)
-                if b(r):
-                    side_b.setdefault(_pair_key(r), r)
-            if not side_a or not side_b:
-                continue
-            pairs = [(side_a[k], side_b[k]) for k in side_a if k in side_b]
-            if not pairs:  # both arms here, but never from the same seed and start: nothing to pair
-                continue
-            out.append(Comparison(s, g, arm_name(next(iter(side_a.values()))), arm_name(next(iter(side_b.values()))),
-                                  [x[key] - y[key] for x, y in pairs], sum(not learned(r) for pair in pairs for r in pair)))
+    for g, (side_a, side_b) in sorted(sides.items(), key=lambda item: tuple(map(str, item[0]))):
+        pairs = [(side_a[k], side_b[k]) for k in side_a if k in side_b]
+        if not pairs:  # both arms here, but never from the same seed and start: nothing to pair
+            continue
+        first_a, first_b = next(iter(side_a.values())), next(iter(side_b.values()))
+        label_a, label_b = names(first_a, first_b) if names else (arm_name(first_a), arm_name(first_b))
+        not_learned = sum(not learned(x) for x, _ in pairs) + (0 if only_a_must_learn else sum(not learned(y) for _, y in pairs))
+        out.append(Comparison(g[0], g[1], label_a, label_b, [x[key] - y[key] for x, y in pairs], not_learned))
     return out
+
+
+def compare(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], key: str = "accuracy") -> list[Comparison]:
+    """Paired a - b within one (setting, regime), pairs = cells with the same seed and start."""
+    return paired(rows, a, b, group=lambda r: (setting(r), regime(r)), key=key)
 
 
 def is_arm(label: str, n_latents: int | None = None) -> Callable[[dict], bool]:
@@ -251,22 +262,12 @@ def accuracy_claims(rows: list[dict[str, Any]]) -> list[Claim]:
 
 
 def _across_branching(rows: list[dict[str, Any]], label: str, n: int, low: int, high: int) -> list[Comparison]:
-    """Accuracy at branching `low` minus at `high`, paired by seed only (the starts differ by task)."""
-    def cells(b: int) -> dict:
-        found: dict = {}
-        for r in sorted(rows, key=lambda r: r["run"]):
-            if r.get("task.name") == "countdown" and int(r["task.branching"]) == b and arm(r) == (label, n):
-                found.setdefault((regime(r), r.get("train.seed")), r)
-        return found
-    a, b = cells(low), cells(high)
-    out = []
-    for g in sorted({k[0] for k in a} & {k[0] for k in b}):
-        keys = [k for k in a if k[0] == g and k in b]
-        if keys:
-            # A collapse to chance at the larger b is the finding here, so only the smaller b must have learned.
-            out.append(Comparison(f"countdown b={low} vs b={high}", g, f"{label} N_L={n} b={low}", f"b={high}",
-                                  [a[k]["accuracy"] - b[k]["accuracy"] for k in keys], sum(not learned(a[k]) for k in keys)))
-    return out
+    """Accuracy at branching `low` minus at `high`, per regime, paired by seed only (the starts differ by task).
+    A collapse to chance at the larger b is the finding here, so only the smaller b must have learned."""
+    def at(b: int) -> Callable[[dict], bool]:
+        return lambda r: r.get("task.name") == "countdown" and int(r["task.branching"]) == b and arm(r) == (label, n)
+    return paired(rows, at(low), at(high), group=lambda r: (f"countdown b={low} vs b={high}", regime(r)), pair=_by_seed,
+                  names=lambda x, y: (f"{label} N_L={n} b={low}", f"b={high}"), only_a_must_learn=True)
 
 
 def geometry_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,21 +318,10 @@ def geometry_claims(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
 
 def _across_regimes(rows: list[dict[str, Any]]) -> list[Comparison]:
     """Cross-capture without the curriculum minus with it, per (setting, arm), paired by seed (the two regimes
-    start from different runs, so compare() -- which pairs within one regime -- cannot pair them)."""
-    out = []
-    for s in sorted({setting(r) for r in rows}):
-        for a in sorted({arm(r) for r in rows if setting(r) == s}):
-            cells: dict[str, dict] = {"answer-only": {}, "curriculum": {}}
-            for r in sorted(rows, key=lambda r: r["run"]):
-                if setting(r) == s and arm(r) == a and regime(r) in cells:
-                    cells[regime(r)].setdefault(r.get("train.seed"), r)
-            keys = [k for k in cells["answer-only"] if k in cells["curriculum"]]
-            if keys:
-                pairs = [(cells["answer-only"][k], cells["curriculum"][k]) for k in keys]
-                out.append(Comparison(s, "answer-only vs curriculum", f"{a[0]} N_L={a[1]} answer-only", "curriculum",
-                                      [x["cross_capture"] - y["cross_capture"] for x, y in pairs],
-                                      sum(not learned(r) for pair in pairs for r in pair)))
-    return out
+    start from different runs, so they cannot share a start)."""
+    return paired(rows, lambda r: regime(r) == "answer-only", lambda r: regime(r) == "curriculum",
+                  group=lambda r: (setting(r), "answer-only vs curriculum", arm(r)), pair=_by_seed, key="cross_capture",
+                  names=lambda x, y: (f"{arm_name(x)} answer-only", "curriculum"))
 
 
 # ----------------------------------------------------------------------------- the document

@@ -10,7 +10,6 @@ that those do not tell apart (train.lr, train.epochs, ...) gets a column of its 
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from latentreason.errors import UserInputError
 from latentreason.results import (
     aggregate,
+    analysis_summary,
     collect,
     control_gains,
     identity_value,
@@ -312,25 +312,12 @@ def _analysis_rows(sweep_dir: Path, rows: list[dict[str, Any]], axes: list[str] 
     out = []
     for path in sorted((sweep_dir / "runs").glob("*/analysis/analysis.json")):
         run = path.parent.parent.name
-        data = json.loads(path.read_text())
+        summary = analysis_summary(path.parent.parent)
         row = by_run.get(run, {})
-        bvc = data.get("base_vs_coprocessor") or {}
-        label = " ".join([method_label(row), *(f"{k}={identity_value(row, k)}" for k in axes)]) if row else data.get("method")
-        entry = {
-            "run": run, "label": label, "N_L": latent_budget(row) if row else None,
-            "setting": _setting(row, tasks_varying) if row else "?", "accuracy": row.get("accuracy"),
-            "n_slots": data.get("n_slots"), "skipped": data.get("skipped"),
-            "cross_capture_mean_off_diagonal": data.get("cross_capture_mean_off_diagonal"),
-            "slot_silhouette": data.get("slot_silhouette"), "effective_rank": data.get("effective_rank"),
-            "cka_slots_mean_off_diagonal": data.get("cka_slots_mean_off_diagonal"),
-            "principal_angle_mean_deg": bvc.get("principal_angle_mean_deg"), "cka_base_coprocessor": bvc.get("cka"),
-        }
-        pair_nulls = bvc.get("nulls") or {}
-        nulls = {**(data.get("nulls") or {}), "principal_angle_mean_deg": pair_nulls.get("principal_angle_mean_deg") or {},
-                 "cka_base_coprocessor": pair_nulls.get("cka") or {}}
-        for metric, kinds in nulls.items():
-            for kind, null in (kinds or {}).items():
-                entry[f"{metric}/{kind}"] = null
+        label = " ".join([method_label(row), *(f"{k}={identity_value(row, k)}" for k in axes)]) if row else summary["method"]
+        entry = {"run": run, "label": label, "N_L": latent_budget(row) if row else None,
+                 "setting": _setting(row, tasks_varying) if row else "?", "accuracy": row.get("accuracy")}
+        entry |= {k: v for k, v in summary.items() if k != "method"}
         out.append(entry)
     return out
 

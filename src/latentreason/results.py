@@ -333,17 +333,46 @@ def _start_run(row: dict[str, Any], runs: set[str]) -> Any:
     return Path(str(start)).name if Path(str(start)).name in runs else str(start)
 
 
+def analysis_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's latent analyses (analysis/analysis.json, written by `latentreason analyze`) as flat metrics, each
+    metric's nulls under `metric/null_kind` keys (analysis/nulls.py: mean, lo, hi of the null draws); None when
+    the run was not analysed."""
+    path = Path(run_dir) / "analysis" / "analysis.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    bvc = data.get("base_vs_coprocessor") or {}
+    summary = {
+        "method": data.get("method"), "n_slots": data.get("n_slots"), "skipped": data.get("skipped"),
+        "cross_capture_mean_off_diagonal": data.get("cross_capture_mean_off_diagonal"),
+        "slot_silhouette": data.get("slot_silhouette"), "effective_rank": data.get("effective_rank"),
+        "cka_slots_mean_off_diagonal": data.get("cka_slots_mean_off_diagonal"),
+        "principal_angle_mean_deg": bvc.get("principal_angle_mean_deg"), "cka_base_coprocessor": bvc.get("cka"),
+    }
+    pair_nulls = bvc.get("nulls") or {}
+    nulls = {**(data.get("nulls") or {}), "principal_angle_mean_deg": pair_nulls.get("principal_angle_mean_deg") or {},
+             "cka_base_coprocessor": pair_nulls.get("cka") or {}}
+    for metric, kinds in nulls.items():
+        for kind, null in (kinds or {}).items():
+            summary[f"{metric}/{kind}"] = null
+    return summary
+
+
 EVAL_SPLIT_KEYS = ("task.name", "task.branching", "task.seed", "task.eval_size", "task.eval_path")
 """What fixes a run's eval examples, with the generator parameters (task.params.*): two runs that agree on all of
 them were scored on the same problems."""
 
 
-def _start_outside(row: dict[str, Any]) -> dict[str, Any] | None:
+def _start_outside(row: dict[str, Any], read: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
     """The finished run a cell starts from when it is not a cell of the sweep (e.g. a committed recipe model),
-    read from its own folder, if it was scored on the cell's eval examples; else None."""
+    read from its own folder (once per folder: `read` keeps what was read), if it was scored on the cell's eval
+    examples; else None."""
     if not row.get("train.init_from"):
         return None
-    start = run_row(Path(str(row["train.init_from"])))
+    folder = str(row["train.init_from"])
+    if folder not in read:
+        read[folder] = run_row(Path(folder))
+    start = read[folder]
     if start is None:
         return None
     params = {k for k in (*start, *row) if k.startswith("task.params.")}
@@ -389,11 +418,12 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             candidates.setdefault(identity(row), row)
     original = {id(n): row for row, n in zip(rows, named)}
     by_run = {row["run"]: row for row in rows}
+    outside: dict[str, dict[str, Any] | None] = {}
 
     def control_of(row: dict[str, Any]) -> dict[str, Any] | None:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
-            return by_run.get(_start_run(row, runs)) or _start_outside(row)
+            return by_run.get(_start_run(row, runs)) or _start_outside(row, outside)
         return candidates.get(identity(dict(row, **overrides)))
 
     out = []
