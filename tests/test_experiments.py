@@ -50,6 +50,17 @@ def test_expand_union_of_groups_with_shared_grid_and_no_duplicates() -> None:
     assert len({cell_name(c) for c in cells}) == len(cells)
 
 
+def test_two_cells_that_differ_only_in_their_start_are_refused() -> None:
+    """A cell's run dir name leaves out its {cell:...} start, so two such cells would share one run dir (the
+    second would skip or resume the first's run); the sweep refuses them before any trains."""
+    same_but_start = [{"method.name": ["soft_tokens"], "train.init_from": ["{cell:method.name=no_cot}"]},
+                      {"method.name": ["soft_tokens"], "train.init_from": ["{cell:method.name=cot}"]}]
+    with pytest.raises(UserInputError, match="two cells get the run dir runs/soft_tokens_seed-0"):
+        expand(sweep_of([{"method.name": ["no_cot", "cot"]}, *same_but_start], grid={"train.seed": [0]}))
+    same_but_start[1]["train.epochs"] = [3]  # a key that tells them apart
+    assert len(expand(sweep_of(same_but_start))) == 2
+
+
 def test_cell_reference_resolves_to_the_matching_cell_with_the_same_seed_and_task() -> None:
     sweep = sweep_of(
         [
@@ -86,8 +97,15 @@ def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
             cfg, dependencies = cell_config(config, cell, cells)
             if cfg.method.name == "coconut":
                 assert [d["method.name"] for d in dependencies] == ["cot"]
-            if cfg.method.name == "coprocessor" and cfg.method.coprocessor.variant in ("liu", "h1", "h2"):
-                assert [d["method.name"] for d in dependencies] == ["no_cot"]
+            if cfg.method.name == "coprocessor":  # answer-only and pretraining from no_cot, curriculum from cot,
+                [start] = dependencies  # fine-tuning from a pretraining cell of the same variant and N_L
+                if cfg.method.curriculum.enabled:
+                    assert start["method.name"] == "cot"
+                elif start.get("train.objective") == "pretrain":
+                    assert cfg.train.objective == "task" and start["method.coprocessor.variant"] == cell["method.coprocessor.variant"]
+                    assert start["method.n_latents"] == cell["method.n_latents"]
+                else:
+                    assert start["method.name"] == "no_cot"
             for dependency in dependencies:
                 assert dependency.get("train.seed") == cell.get("train.seed") and dependency["task.name"] == cell["task.name"]
                 assert dependency.get("task.branching") == cell.get("task.branching")

@@ -127,3 +127,37 @@ def test_a_frozen_base_start_outside_the_sweep_is_read_from_its_folder(tmp_path)
     assert entry["control"] == "no_cot" and entry["gain_mean"] == pytest.approx(0.02)
     [entry] = control_gains([liu("liu_b", other)])  # another eval split: not a control
     assert entry["control"] is None and entry["seeds"] == 0
+
+
+def test_a_frozen_base_cell_after_pretraining_is_compared_with_the_base_pretraining_started_from(tmp_path) -> None:
+    """liu / H1 fine-tuned from their own pretraining cells still read the Base that pretraining started from
+    (frozen throughout): that run is their control, and the two variants pair on it in `claims`."""
+    import json
+
+    import yaml
+
+    from latentreason.claims import compare, dual
+    from latentreason.results import collect
+
+    def run(name: str, config: dict, summary_file: str, summary: dict) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        task = {"name": "countdown", "branching": 3, "seed": 0, "eval_size": 500}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"task": task, "train": {"seed": 0}} | config))
+        (folder / summary_file).write_text(json.dumps(summary))
+
+    base = str(tmp_path / "runs" / "no_cot")
+    run("no_cot", {"method": {"name": "no_cot"}}, "eval.json", {"accuracy": 0.60, "accuracy_ci95": [0.5, 0.7]})
+    for variant, accuracy in (("liu", 0.55), ("h1", 0.70)):
+        method = {"name": "coprocessor", "n_latents": 4, "coprocessor": {"variant": variant}}
+        run(f"pretrain_{variant}", {"method": method, "train": {"seed": 0, "init_from": base, "objective": "pretrain"}},
+            "pretrain.json", {"steps": 10})
+        run(f"{variant}_finetuned", {"method": method, "train": {"seed": 0, "init_from": str(tmp_path / "runs" / f"pretrain_{variant}")}},
+            "eval.json", {"accuracy": accuracy, "accuracy_ci95": [0.5, 0.8]})
+    rows = collect(tmp_path)
+    assert {r["run"]: r.get("pretrained_from") for r in rows} == {"no_cot": None, "liu_finetuned": base, "h1_finetuned": base}
+    gains = {g["method.coprocessor.variant"]: g for g in control_gains(rows)}
+    assert gains["liu"]["control"] == "no_cot" and gains["liu"]["gain_mean"] == pytest.approx(-0.05)
+    assert gains["h1"]["control"] == "no_cot" and gains["h1"]["gain_mean"] == pytest.approx(0.10)
+    [comparison] = compare(rows, dual("h1"), dual("liu"))  # different pretraining cells, one Base: a pair
+    assert comparison.regime == "pretrained" and comparison.differences == pytest.approx([0.15])

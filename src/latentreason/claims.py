@@ -4,7 +4,8 @@
 
 Each claim is a set of paired comparisons "a - b": two arms (method label without the regime, and N_L) of one
 setting (task, branching) and one training regime (curriculum / answer-only / pretrained start), paired by seed
-and start run (cells with the same `train.seed` and `train.init_from`), so the seed-to-seed spread of a shared
+and start run (cells with the same `train.seed` and `train.init_from`, or, for cells that start from a
+pretraining cell, the same run that pretraining started from), so the seed-to-seed spread of a shared
 start cancels. Mean over the pairs with a Student-t 95% CI; a comparison supports a claim only when the CI lies
 on the claim's side of 0, contradicts it only when the CI lies on the other side, and otherwise decides nothing
 (one seed never decides). A claim whose arms the sweeps lack says which cells it needs: "cannot decide" is a
@@ -123,7 +124,9 @@ class Comparison:
 
 
 def _pair_key(row: dict[str, Any]) -> tuple:
-    return row.get("train.seed"), row.get("task.seed"), str(row.get("train.init_from"))
+    """Seed and start; a pretrained cell's start is the run its pretraining cell started from, which the
+    variants share (each variant pretrains its own Coprocessor)."""
+    return row.get("train.seed"), row.get("task.seed"), str(row.get("pretrained_from") or row.get("train.init_from"))
 
 
 def _by_seed(row: dict[str, Any]) -> Any:

@@ -53,16 +53,17 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per finished cell with a task evaluation: its config (flattened) and its eval summary.
     Pretraining cells (no accuracy) are `pretraining_rows`; a cell that starts from one gets its name in
-    `start_label` (named_starts reads it)."""
-    pretrained = {row["run"]: row["label"] for row in pretraining_rows(sweep_dir)}
+    `start_label` (named_starts reads it) and the run that pretraining started from in `pretrained_from`
+    (the Base a frozen-Base cell still has: its control, and what cells of different variants share)."""
+    pretrained = {row["run"]: row for row in pretraining_rows(sweep_dir)}
     rows = []
     for run_dir in sorted((Path(sweep_dir) / "runs").glob("*")):
         row = run_row(run_dir)
         if row is None:
             continue
-        start = Path(str(row.get("train.init_from") or "")).name
-        if start in pretrained:
-            row["start_label"] = pretrained[start]
+        start = pretrained.get(Path(str(row.get("train.init_from") or "")).name)
+        if start is not None:
+            row["start_label"], row["pretrained_from"] = start["label"], start.get("train.init_from")
         rows.append(row)
     return rows
 
@@ -363,13 +364,20 @@ EVAL_SPLIT_KEYS = ("task.name", "task.branching", "task.seed", "task.eval_size",
 them were scored on the same problems."""
 
 
+def frozen_base_start(row: dict[str, Any]) -> str | None:
+    """The run whose Base a frozen-Base cell (liu, H1) keeps unchanged: its start, or the start of the
+    pretraining cell it starts from (pretraining over a frozen Base does not change the Base)."""
+    start = row.get("pretrained_from") or row.get("train.init_from")
+    return str(start) if start else None
+
+
 def _start_outside(row: dict[str, Any], read: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
-    """The finished run a cell starts from when it is not a cell of the sweep (e.g. a committed recipe model),
-    read from its own folder (once per folder: `read` keeps what was read), if it was scored on the cell's eval
-    examples; else None."""
-    if not row.get("train.init_from"):
+    """The finished run a frozen-Base cell's Base comes from when it is not a cell of the sweep (e.g. a committed
+    recipe model), read from its own folder (once per folder: `read` keeps what was read), if it was scored on the
+    cell's eval examples; else None."""
+    folder = frozen_base_start(row)
+    if folder is None:
         return None
-    folder = str(row["train.init_from"])
     if folder not in read:
         read[folder] = run_row(Path(folder))
     start = read[folder]
@@ -395,8 +403,9 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     N_L = 8 from seed 1's CoT run is compared with seed 1's CoT continued from that run for the same epochs,
     soft tokens with the same soft-token configuration at N_L = 0. Identical duplicates: the first by run name.
     A method whose control_overrides is {} (liu and H1: a frozen Base without latents is its start, unchanged
-    by any number of steps) is compared with the start run itself: a cell of the sweep, or else the finished run
-    at `train.init_from` when it was scored on the same eval examples (EVAL_SPLIT_KEYS).
+    by any number of steps) is compared with the run its Base comes from (frozen_base_start: its start, or the
+    start of the pretraining cell it starts from): a cell of the sweep, or else that finished run's folder when it
+    was scored on the same eval examples (EVAL_SPLIT_KEYS).
 
     One entry per latent configuration (configuration_axes, as in paired_gains): `control` (its description,
     None when no cell of the sweep is one), `wanted` (the overrides, so a missing control can be added),
@@ -423,7 +432,7 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def control_of(row: dict[str, Any]) -> dict[str, Any] | None:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
-            return by_run.get(_start_run(row, runs)) or _start_outside(row, outside)
+            return by_run.get(_start_run({"train.init_from": frozen_base_start(row)}, runs)) or _start_outside(row, outside)
         return candidates.get(identity(dict(row, **overrides)))
 
     out = []

@@ -93,6 +93,13 @@ def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
             cell = dict(zip(keys, values))
             if cell not in cells:
                 cells.append(cell)
+    named: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        other = named.setdefault(cell_name(cell), cell)
+        if other is not cell:  # two cells, one run dir: the second would resume (or skip) the first's run
+            raise UserInputError(f"two cells get the run dir runs/{cell_name(cell)}: {other} and {cell}. A cell's name "
+                                 "leaves out what it starts from ({cell:...}); list a key that tells them apart "
+                                 "in one of the groups (e.g. its train.epochs)")
     return cells
 
 
