@@ -99,3 +99,30 @@ def test_a_cell_at_or_below_its_shortcut_ceiling_decides_nothing() -> None:
     table, (overlap, _) = geometry_claims(rows)
     assert len(table) == 3 and {g["learned"] for g in table} == {"no (at/below ceiling)"}
     assert overlap.verdict().startswith("cannot decide: no analysed cell above its shortcut ceiling")
+
+
+def test_matched_controls_are_paired_over_seeds_within_each_sweep(tmp_path) -> None:
+    """Two sweeps whose seed-s cells start from seed s's own run: inside a sweep the start is a seed, so each
+    latent configuration pairs both seeds with its N_L = 0 control (pooling the sweeps would make every start a
+    configuration and every row one seed)."""
+    import json
+
+    import yaml
+
+    def cell(sweep: str, name: str, n_latents: int, seed: int, accuracy: float, start: str) -> None:
+        folder = tmp_path / sweep / "runs" / name
+        folder.mkdir(parents=True)
+        config = {"method": {"name": "soft_tokens", "n_latents": n_latents}, "task": {"name": "countdown", "branching": 3, "seed": seed},
+                  "train": {"seed": seed, "init_from": f"/starts/{start}_seed{seed}"}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+
+    for sweep, start in (("answer_only", "no_cot"), ("curriculum", "cot")):
+        for seed in (0, 1):
+            cell(sweep, f"soft_nl4_seed{seed}", 4, seed, 0.60 + 0.02 * seed, start)
+            cell(sweep, f"soft_nl0_seed{seed}", 0, seed, 0.50 + 0.02 * seed, start)
+    text = write_claims([tmp_path / "answer_only", tmp_path / "curriculum"], out=tmp_path / "paper_claims.md")
+    controls = text[text.index("## Every latent configuration"):]
+    rows = [line for line in controls.splitlines() if line.startswith("| ") and "soft_tokens" in line]
+    assert [line.split(" | ")[0] for line in rows] == ["| answer_only", "| curriculum"]
+    assert all("| 2 | +0.100 ± 0.000 |" in line for line in rows)

@@ -339,27 +339,31 @@ def _claim_section(number: int, claim: Claim) -> list[str]:
     return lines
 
 
-def _controls_section(rows: list[dict[str, Any]]) -> list[str]:
+def _controls_section(rows_by_sweep: dict[Path, list[dict[str, Any]]]) -> list[str]:
+    # Per sweep, as its report pairs them: within one sweep a start that changes with the seed (seed s from the
+    # seed-s No-CoT run) is a seed, but across sweeps train.init_from also tells regimes apart, so pooling the
+    # sweeps would split every configuration into one-seed rows.
     table = []
-    for g in control_gains(rows):
-        half = g.get("gain_ci95_half")
-        gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
-        table.append({"setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
-                      "control": g["control"] or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain})
+    for sweep_dir, rows in rows_by_sweep.items():
+        for g in control_gains(rows):
+            half = g.get("gain_ci95_half")
+            gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
+            table.append({"sweep": sweep_dir.name, "setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
+                          "control": g["control"] or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain})
     if not table:
         return []
     return ["## Every latent configuration against its matched no-latent control", "",
-            "Same start, same extra steps, paired by seed (results.control_gains; the report has the full table). A",
-            "frozen-Base cell (liu, H1) is compared with its start run, scored on the same eval examples.", "",
+            "Same start, same extra steps, paired by seed within each sweep (results.control_gains, as in each sweep's",
+            "report). A frozen-Base cell (liu, H1) is compared with the run its Base comes from, scored on the same eval",
+            "examples.", "",
             markdown_table(table, list(table[0])), ""]
 
 
 def write_claims(sweep_dirs: list[str | Path], out: str | Path | None = None) -> str:
     """paper_claims.md for the cells of one or more sweeps (the first sweep's folder unless `out`)."""
     dirs = [Path(d) for d in sweep_dirs]
-    rows = []
-    for d in dirs:
-        rows += with_analyses(collect(d), d)
+    rows_by_sweep = {d: with_analyses(collect(d), d) for d in dirs}
+    rows = [row for sweep_rows in rows_by_sweep.values() for row in sweep_rows]
     if not rows:
         raise SystemExit(f"claims: no finished cells with an eval.json under {', '.join(str(d / 'runs') for d in dirs)}")
     claims = accuracy_claims(rows)
@@ -382,7 +386,7 @@ def write_claims(sweep_dirs: list[str | Path], out: str | Path | None = None) ->
                   "chance' = above the upper end of both the Gaussian and the random-subspace null. null_perm is the fully",
                   "shared end (slots exchangeable). Runs not above their shortcut ceiling are listed but not counted.", "", markdown_table(geometry, list(geometry[0])), ""]
     lines += _claim_section(len(claims) + 2, overlap_claims[1])
-    lines += _controls_section(rows)
+    lines += _controls_section(rows_by_sweep)
     text = "\n".join(lines)
     target = Path(out) if out else dirs[0] / "paper_claims.md"
     target.write_text(text)
