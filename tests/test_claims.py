@@ -116,6 +116,9 @@ def test_matched_controls_are_paired_over_seeds_within_each_sweep(tmp_path) -> N
                   "train": {"seed": seed, "init_from": f"/starts/{start}_seed{seed}"}}
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
         (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+        # The latent cell still climbs over its last quarter (step 750 -> 1,000), its control is flat.
+        curve = [accuracy - 0.2, accuracy - 0.05, accuracy] if n_latents else [accuracy] * 3
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": 250 * (i + 2), "eval_accuracy": a}) + "\n" for i, a in enumerate(curve)))
 
     for sweep, start in (("answer_only", "no_cot"), ("curriculum", "cot")):
         for seed in (0, 1):
@@ -125,4 +128,4 @@ def test_matched_controls_are_paired_over_seeds_within_each_sweep(tmp_path) -> N
     controls = text[text.index("## Every latent configuration"):]
     rows = [line for line in controls.splitlines() if line.startswith("| ") and "soft_tokens" in line]
     assert [line.split(" | ")[0] for line in rows] == ["| answer_only", "| curriculum"]
-    assert all("| 2 | +0.100 ± 0.000 |" in line for line in rows)
+    assert all("| 2 | +0.100 ± 0.000 | +0.050 / +0.000 |" in line for line in rows)

@@ -417,3 +417,21 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
         assert f"plots/{name}" in text
     with pytest.raises(UserInputError, match="no finished runs"):
         report.write_report(tmp_path / "empty")
+
+
+def test_report_plots_learning_curves_beside_the_matched_controls(tmp_path: Path) -> None:
+    """Every paired seed's held-out curve (metrics.jsonl) of a latent cell and of its control: the plot is in the
+    report and the control table gives each side's change over the last quarter of training."""
+    for seed in (0, 1):
+        start = str(tmp_path / f"runs/nocot_{seed}")
+        hand_made_cell(tmp_path, f"nocot_{seed}", {"task": {"name": "countdown"}, "train": {"seed": seed}, "method": {"name": "no_cot"}}, 0.6)
+        for n, curve in ((0, [0.60, 0.61, 0.62, 0.62]), (4, [0.20, 0.35, 0.45, 0.55])):
+            name = f"soft{n}_{seed}"
+            hand_made_cell(tmp_path, name, {"task": {"name": "countdown"}, "train": {"seed": seed, "init_from": start},
+                                            "method": {"name": "soft_tokens", "n_latents": n}}, curve[-1])
+            (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": 250 * (i + 1), "loss": 0.1}) + "\n" + json.dumps({"step": 250 * (i + 1), "eval_accuracy": a}) + "\n"
+                for i, a in enumerate(curve)))
+    text = Path(report.write_report(tmp_path)).read_text()
+    assert "plots/curves_vs_control_countdown.png" in text and (tmp_path / "plots/curves_vs_control_countdown.png").stat().st_size > 0
+    assert "| soft_tokens N_L=0 | 2 | -0.070 ± 0.000 | 0 / 0 / 2 | +0.100 / +0.000 |" in text

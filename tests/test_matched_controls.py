@@ -161,3 +161,27 @@ def test_a_frozen_base_cell_after_pretraining_is_compared_with_the_base_pretrain
     assert gains["h1"]["control"] == "no_cot" and gains["h1"]["gain_mean"] == pytest.approx(0.10)
     [comparison] = compare(rows, dual("h1"), dual("liu"))  # different pretraining cells, one Base: a pair
     assert comparison.regime == "pretrained" and comparison.differences == pytest.approx([0.15])
+
+
+def test_late_change_is_the_last_quarter_of_the_eval_curve_and_flags_a_cell_still_climbing() -> None:
+    """A latent cell still rising at its last evaluation beside a flat control: the table says so (the gap is a
+    statement about the budget), computed from each paired cell's own curve; a frozen-Base control (its start
+    run, not trained further) has no late change."""
+    from latentreason.results import late_change
+
+    assert late_change([[250, 0.1], [500, 0.2], [750, 0.3], [1000, 0.45]]) == pytest.approx(0.15)  # 1,000 - 750
+    assert late_change([[500, 0.2], [1000, 0.5], [1500, 0.6], [2000, 0.6]]) == pytest.approx(0.0)  # 2,000 - 1,500
+    assert late_change([[1000, 0.5]]) is None and late_change([]) is None
+    climbing = [[250, 0.1], [500, 0.3], [750, 0.4], [1000, 0.5]]
+    flat = [[250, 0.6], [500, 0.6], [750, 0.62], [1000, 0.62]]
+    rows = starts() + [row(f"soft4_s{s}", "soft_tokens", 0.5, s, f"no_cot_s{s}", n_latents=4, eval_curve=climbing) for s in range(2)]
+    rows += [row(f"soft0_s{s}", "soft_tokens", 0.62, s, f"no_cot_s{s}", n_latents=0, eval_curve=flat) for s in range(2)]
+    rows += [row("h1_s0", "coprocessor", 0.55, 0, "no_cot_s0", n_latents=4, eval_curve=climbing, **{"method.coprocessor.variant": "h1"})]
+    gains = control_gains(rows)
+    soft = by(gains, **{"method.name": "soft_tokens"})
+    assert soft["late_change"] == pytest.approx(0.1) and soft["control_late_change"] == pytest.approx(0.0)
+    assert [pair["seed"] for pair in soft["curves"]] == [0, 1] and soft["curves"][0]["control"] == flat
+    h1 = by(gains, **{"method.name": "coprocessor"})
+    assert h1["late_change"] == pytest.approx(0.1) and h1["control_late_change"] is None and h1["curves"][0]["control"] == []
+    table = _control_gains_table(gains, set())
+    assert "+0.100 / +0.000" in table and "+0.100 / start (not trained)" in table

@@ -10,6 +10,7 @@ that those do not tell apart (train.lr, train.epochs, ...) gets a column of its 
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from pathlib import Path
@@ -186,13 +187,22 @@ def write_report(sweep_dir: str | Path) -> str:
     controls = control_gains(rows)
     if controls:
         _name_configurations(controls, branching_varies, axes)
+        for setting in sorted({_setting(c, branching_varies) for c in controls}):
+            members = [c for c in controls if _setting(c, branching_varies) == setting and any(p["cell"] for p in c["curves"])]
+            if members:
+                figures.append((f"{setting}: learning curves beside the matched controls", plot_control_curves(
+                    sorted(members, key=lambda c: (c["config_label"], c["N_L"])), plots_dir / f"curves_vs_control_{_slug(setting)}.png",
+                    f"{setting}: held-out accuracy during training, latent cells (solid) and their controls (dashed)")))
         lines += ["## Gain over the matched no-latent control (paired by seed)", "",
                   "Accuracy of each latent configuration minus that of its control: the cell trained from the same start "
                   "(`train.init_from`) with the same task, model, training and eval keys and the same seed, without latents "
                   "(each method's `control_overrides`: Coconut -> CoT continued for the same epochs; soft tokens and the "
                   "coprocessor -> N_L = 0; liu / H1, whose Base is frozen -> the start run itself, read from its folder when it is "
                   "not a cell and was scored on the same eval examples; looped -> one loop). Mean over the paired seeds with a Student-t 95% CI. A "
-                  "configuration whose control is not a cell of this sweep says so and names the cell to add.", ""]
+                  "configuration whose control is not a cell of this sweep says so and names the cell to add. Last-quarter "
+                  "change: held-out accuracy at the last periodic evaluation minus at 75% of the steps (mean over the paired "
+                  "cells; results.late_change): a cell still climbing beside a flat control was not converged, so its gap is "
+                  "a statement about this training budget (the curves are in the plots below).", ""]
         lines += [_control_gains_table(controls, branching_varies, axes), ""]
     lines += ["## Plots", ""]
     lines += [f"![{title}]({path.relative_to(sweep_dir)})" for title, path in figures] + [""]
@@ -268,7 +278,8 @@ def _gains_table(gains: list[dict[str, Any]], branching_varies: set[str], axes: 
 
 
 def _control_gains_table(gains: list[dict[str, Any]], branching_varies: set[str], axes: list[str] = ()) -> str:
-    header = ["task", "method", "N_L", *axes, "control", "seeds paired", "gain over control", "better / equal / worse"]
+    header = ["task", "method", "N_L", *axes, "control", "seeds paired", "gain over control", "better / equal / worse",
+              "last-quarter change: cell / control"]
     cells = []
     for row in sorted(gains, key=lambda r: (str(r["task.name"]), r.get("task.branching") or 0, str(r.get("label")), r.get("N_L") or 0,
                                             *(str(r.get(k)) for k in axes))):
@@ -279,9 +290,42 @@ def _control_gains_table(gains: list[dict[str, Any]], branching_varies: set[str]
             continue
         ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
         unpaired = f" ({row['unpaired']} without control)" if row["unpaired"] else ""
+        late = " / ".join("" if value is None else f"{value:+.3f}" for value in (row.get("late_change"), row.get("control_late_change")))
+        if row.get("control_late_change") is None and row.get("late_change") is not None:
+            late = late.removesuffix(" / ") + " / start (not trained)"
         cells.append(dict(zip(header, [*first, row["control"], f"{row['seeds']}{unpaired}", f"{row['gain_mean']:+.3f}{ci}",
-                                       f"{row['better']} / {row['equal']} / {row['worse']}"])))
+                                       f"{row['better']} / {row['equal']} / {row['worse']}", late])))
     return markdown_table(cells, header)
+
+
+def plot_control_curves(entries: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """One panel per latent configuration: its cells' held-out accuracy vs step (solid, one colour per seed) beside
+    its matched controls' (dashed, same colour; a start run used as the control, not trained further, is a dotted
+    horizontal line at its accuracy). A latent curve still rising where its control is flat says the gap belongs
+    to this training budget."""
+    from latentreason.analysis.plots import _new_figure, _save
+
+    columns = min(len(entries), 3)
+    rows = math.ceil(len(entries) / columns)
+    fig = _new_figure((4.2 * columns, 3.2 * rows + 0.4))
+    for index, entry in enumerate(entries):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for colour, pair in enumerate(entry["curves"]):
+            style = {"color": f"C{colour % 10}"}
+            if pair["cell"]:
+                ax.plot(*zip(*pair["cell"]), marker="o", ms=3, label=f"seed {pair['seed']}", **style)
+            if pair["control"]:
+                ax.plot(*zip(*pair["control"]), ls="--", marker="x", ms=3, label=f"control, seed {pair['seed']}", **style)
+            else:
+                ax.axhline(pair["control_accuracy"], ls=":", label=f"control (start), seed {pair['seed']}", **style)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{entry['config_label']} N_L={entry['N_L']}\nvs {entry['control']}", fontsize=8)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel("held-out accuracy", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
 
 
 ANALYSIS_COLUMNS = (

@@ -75,7 +75,38 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
     config = flatten(read_yaml(run_dir / "config.yaml"))
     summary = json.loads((run_dir / "eval.json").read_text())
     done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
-    return {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds")}
+    return {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds"), "eval_curve": eval_curve(run_dir)}
+
+
+def eval_curve(run_dir: Path) -> list[list[float]]:
+    """[[step, eval accuracy], ...] of a run's periodic evaluations (metrics.jsonl), in step order. A step
+    evaluated twice (a run resumed after a kill that followed its evaluation) keeps its last row."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_step: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("eval_accuracy") is not None:
+                by_step[int(record["step"])] = float(record["eval_accuracy"])
+    return [[step, by_step[step]] for step in sorted(by_step)]
+
+
+LATE_FRACTION = 0.25
+"""The last share of training whose accuracy change `late_change` reports."""
+
+
+def late_change(curve: list[list[float]]) -> float | None:
+    """Eval accuracy at the last periodic evaluation minus at the last one at or before (1 - LATE_FRACTION) of
+    its steps (e.g. step 1,000 minus step 750): how much a run still moved in its last quarter. A latent cell
+    still climbing beside a flat control makes their gap a statement about this budget, not a converged one.
+    None with no evaluation that early."""
+    if len(curve) < 2:
+        return None
+    last_step, last = curve[-1]
+    earlier = [accuracy for step, accuracy in curve if step <= (1 - LATE_FRACTION) * last_step]
+    return last - earlier[-1] if earlier else None
 
 
 PRETRAINING_SUMMARY = "pretrain.json"
@@ -411,7 +442,10 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     None when no cell of the sweep is one), `wanted` (the overrides, so a missing control can be added),
     `seeds` paired, `unpaired` seeds without a control, and over the paired seeds the mean gain with its
     Student-t 95% CI and the better / equal / worse counts (None when nothing is paired). A configuration is
-    never compared with anything but its own control."""
+    never compared with anything but its own control. Whether training had converged: `late_change` and
+    `control_late_change` (mean over the paired cells of `late_change`, the control's None when the control is
+    a start run, not trained further here) and `curves` (per paired seed: the cell's and the control's
+    `eval_curve`, and the control's final accuracy) for the report's learning-curve plot."""
     runs = {row["run"] for row in rows}
     named = named_starts(rows)
     axes = configuration_axes(named)
@@ -435,18 +469,30 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return by_run.get(_start_run({"train.init_from": frozen_base_start(row)}, runs)) or _start_outside(row, outside)
         return candidates.get(identity(dict(row, **overrides)))
 
+    def mean_late_change(cells: list[dict[str, Any]]) -> float | None:
+        changes = [c for c in (late_change(cell.get("eval_curve") or []) for cell in cells) if c is not None]
+        return statistics.fmean(changes) if changes else None
+
     out = []
     for key, members in group_rows([n for row, n in zip(rows, named) if control_overrides(row) is not None], axes).items():
         overrides = control_overrides(original[id(members[0])])
         pairs = [(row, control_of(row)) for row in (original[id(m)] for m in members)]
-        gains = [row["accuracy"] - control["accuracy"] for row, control in pairs if control is not None]
+        paired_rows = [(row, control) for row, control in pairs if control is not None]
+        gains = [row["accuracy"] - control["accuracy"] for row, control in paired_rows]
         mean, half = mean_ci95(gains) if gains else (None, None)
-        controls = [control for _, control in pairs if control is not None]
+        controls = [control for _, control in paired_rows]
         out.append(dict(zip(axes, key)) | _method_facts(members[0]) | {
             "control": _describe(controls[0]) if controls else None,
             "wanted": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "its start run (train.init_from) as a cell",
             "seeds": len(gains), "unpaired": len(pairs) - len(gains), "gain_mean": mean, "gain_ci95_half": half,
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
+            # Did training still move them at the end? A start run used as the control (frozen Base) is not
+            # trained further here: its curve is its own recipe's, so it has no late change in this comparison.
+            "late_change": mean_late_change([row for row, _ in paired_rows]),
+            "control_late_change": mean_late_change(controls) if overrides else None,
+            "curves": [{"seed": row.get("train.seed"), "cell": row.get("eval_curve") or [],
+                        "control": (control.get("eval_curve") or []) if overrides else [],
+                        "control_accuracy": control["accuracy"]} for row, control in paired_rows],
         })
     return out
 
