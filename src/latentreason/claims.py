@@ -22,7 +22,16 @@ from typing import Any, Callable
 
 from latentreason.methods.coprocessor import FROZEN_BASE_VARIANTS, VARIANTS, Coprocessor
 from latentreason.methods.soft_tokens import SoftTokens
-from latentreason.results import analysis_summary, collect, control_gains, latent_budget, mean_ci95, method_label, replaces_steps
+from latentreason.results import (
+    analysis_summary,
+    collect,
+    control_gains,
+    late_change_text,
+    latent_budget,
+    mean_ci95,
+    method_label,
+    replaces_steps,
+)
 from latentreason.tables import markdown_table
 
 JOINT_VARIANTS = tuple(v for v in VARIANTS if v not in FROZEN_BASE_VARIANTS)
@@ -348,19 +357,16 @@ def _controls_section(rows_by_sweep: dict[Path, list[dict[str, Any]]]) -> list[s
         for g in control_gains(rows):
             half = g.get("gain_ci95_half")
             gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
-            late = [("" if v is None else f"{v:+.3f}") for v in (g.get("late_change"), g.get("control_late_change"))]
-            if g.get("control_late_change") is None and g["gain_mean"] is not None:
-                late[1] = "start"
             table.append({"sweep": sweep_dir.name, "setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
                           "control": g["control"] or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain,
-                          "last-quarter change: cell / control": " / ".join(late)})
+                          "last-quarter change: cell / control": late_change_text(g)})
     if not table:
         return []
     return ["## Every latent configuration against its matched no-latent control", "",
             "Same start, same extra steps, paired by seed within each sweep (results.control_gains, as in each sweep's",
             "report). A frozen-Base cell (liu, H1) is compared with the run its Base comes from, scored on the same eval",
             "examples. Last-quarter change: held-out accuracy at the last periodic evaluation minus at 75% of the steps",
-            "(mean over the paired cells; 'start' = the control is the start run, not trained further): a cell still",
+            "(mean over the paired cells; 'start (not trained)' = the control is the start run): a cell still",
             "climbing beside a flat control had not converged, so its gap holds for this training budget only.", "",
             markdown_table(table, list(table[0])), ""]
 

@@ -24,6 +24,7 @@ from latentreason.results import (
     control_gains,
     identity_value,
     is_reference,
+    late_change_text,
     latent_budget,
     method_label,
     named_starts,
@@ -290,11 +291,8 @@ def _control_gains_table(gains: list[dict[str, Any]], branching_varies: set[str]
             continue
         ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
         unpaired = f" ({row['unpaired']} without control)" if row["unpaired"] else ""
-        late = " / ".join("" if value is None else f"{value:+.3f}" for value in (row.get("late_change"), row.get("control_late_change")))
-        if row.get("control_late_change") is None and row.get("late_change") is not None:
-            late = late.removesuffix(" / ") + " / start (not trained)"
         cells.append(dict(zip(header, [*first, row["control"], f"{row['seeds']}{unpaired}", f"{row['gain_mean']:+.3f}{ci}",
-                                       f"{row['better']} / {row['equal']} / {row['worse']}", late])))
+                                       f"{row['better']} / {row['equal']} / {row['worse']}", late_change_text(row)])))
     return markdown_table(cells, header)
 
 
@@ -316,7 +314,7 @@ def plot_control_curves(entries: list[dict[str, Any]], path: Path, title: str) -
                 ax.plot(*zip(*pair["cell"]), marker="o", ms=3, label=f"seed {pair['seed']}", **style)
             if pair["control"]:
                 ax.plot(*zip(*pair["control"]), ls="--", marker="x", ms=3, label=f"control, seed {pair['seed']}", **style)
-            else:
+            elif entry["control_is_start"]:
                 ax.axhline(pair["control_accuracy"], ls=":", label=f"control (start), seed {pair['seed']}", **style)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{entry['config_label']} N_L={entry['N_L']}\nvs {entry['control']}", fontsize=8)

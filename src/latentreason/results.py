@@ -81,15 +81,9 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
 def eval_curve(run_dir: Path) -> list[list[float]]:
     """[[step, eval accuracy], ...] of a run's periodic evaluations (metrics.jsonl), in step order. A step
     evaluated twice (a run resumed after a kill that followed its evaluation) keeps its last row."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    by_step: dict[int, float] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record.get("eval_accuracy") is not None:
-                by_step[int(record["step"])] = float(record["eval_accuracy"])
+    from latentreason.curves import read_metrics  # lazily, as methods are: curves imports torch
+
+    by_step = {int(r["step"]): float(r["eval_accuracy"]) for r in read_metrics(run_dir / "metrics.jsonl") if r.get("eval_accuracy") is not None}
     return [[step, by_step[step]] for step in sorted(by_step)]
 
 
@@ -107,6 +101,15 @@ def late_change(curve: list[list[float]]) -> float | None:
     last_step, last = curve[-1]
     earlier = [accuracy for step, accuracy in curve if step <= (1 - LATE_FRACTION) * last_step]
     return last - earlier[-1] if earlier else None
+
+
+def late_change_text(entry: dict[str, Any]) -> str:
+    """"cell / control" last-quarter changes of a `control_gains` entry, as the report and the claims print them
+    ("start (not trained)" for a start run used as the control; blank where nothing is paired or measured)."""
+    if not entry["seeds"]:
+        return ""
+    cell, control = ("" if value is None else f"{value:+.3f}" for value in (entry["late_change"], entry["control_late_change"]))
+    return f"{cell} / {'start (not trained)' if entry['control_is_start'] else control}"
 
 
 PRETRAINING_SUMMARY = "pretrain.json"
@@ -444,7 +447,7 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Student-t 95% CI and the better / equal / worse counts (None when nothing is paired). A configuration is
     never compared with anything but its own control. Whether training had converged: `late_change` and
     `control_late_change` (mean over the paired cells of `late_change`, the control's None when the control is
-    a start run, not trained further here) and `curves` (per paired seed: the cell's and the control's
+    a start run, not trained further here: `control_is_start`) and `curves` (per paired seed: the cell's and the control's
     `eval_curve`, and the control's final accuracy) for the report's learning-curve plot."""
     runs = {row["run"] for row in rows}
     named = named_starts(rows)
@@ -488,6 +491,7 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "better": sum(g > 0 for g in gains), "equal": sum(g == 0 for g in gains), "worse": sum(g < 0 for g in gains),
             # Did training still move them at the end? A start run used as the control (frozen Base) is not
             # trained further here: its curve is its own recipe's, so it has no late change in this comparison.
+            "control_is_start": not overrides,
             "late_change": mean_late_change([row for row, _ in paired_rows]),
             "control_late_change": mean_late_change(controls) if overrides else None,
             "curves": [{"seed": row.get("train.seed"), "cell": row.get("eval_curve") or [],
