@@ -254,6 +254,27 @@ def test_sweep_takes_over_stale_claims_and_waits_for_live_ones(tmp_path: Path, m
     assert len(calls) == 5 and len(rows) == 6
 
 
+def test_a_worker_that_does_not_wait_leaves_held_cells_and_their_dependents(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
+    runs = tmp_path / "out/runs"
+    (runs / "cot_seed-1").mkdir(parents=True)
+    (runs / "cot_seed-1/.claim").write_text("another-host 1")  # a live worker elsewhere, never finishing here
+    result: list[list[dict]] = []
+    worker = threading.Thread(target=lambda: result.append(run_sweep(path, progress=False, poll_seconds=0.01, wait=False)),
+                              daemon=True)  # a worker that waited would poll forever: the claim is never released
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and result
+    rows = result[0]
+    trained = {Path(c).name for c in calls}
+    assert trained == {"cot_seed-0", "no_cot_seed-0", "no_cot_seed-1", "coconut_nlatents-2_seed-0"}
+    assert len(rows) == 4  # the tables hold what is finished; the held cell and its dependent are left
+    assert (runs / "cot_seed-1/.claim").exists()  # another worker's claim is not touched
+
+
 def test_a_failed_dependency_fails_its_dependents_without_stopping_the_sweep(tmp_path: Path, monkeypatch) -> None:
     calls: list[str] = []
     fake = fake_train_factory(calls)

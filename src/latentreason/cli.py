@@ -200,7 +200,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         submit_sweep(args.config, args.overrides, cluster=args.cluster, options=args.executor_option, failures=failures)
     else:
-        run_sweep(args.config, args.overrides, progress=not args.quiet, failures=failures)
+        run_sweep(args.config, args.overrides, progress=not args.quiet, failures=failures, wait=not args.no_wait)
     return 1 if failures else 0  # a sweep with a failed cell must not look like a success to scripts
 
 
@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submitit: where jobs run (auto: SLURM when available, else local processes)")
     p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit executor parameter, e.g. timeout_min=120 slurm_partition=gpu gpus_per_node=1 (repeatable)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="claims: leave cells other workers hold to them and exit when nothing else is left "
+                        "(default: wait for them, so the tables this worker writes are complete)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("analyze", help="latent analyses of a finished run")

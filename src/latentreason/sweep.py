@@ -324,13 +324,15 @@ def resolve_cells(path: str | Path, sweep: SweepConfig, cells: list[dict[str, An
 
 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bool = True, poll_seconds: float = 10.0,
-              failures: list[str] | None = None, cell_progress: bool = False) -> list[dict]:
+              failures: list[str] | None = None, cell_progress: bool = False, wait: bool = True) -> list[dict]:
     """Run every unfinished cell (dependencies first), then write table.csv/json/md under out_dir.
 
     Several workers may run the same sweep at once (one per core or GPU: `latentreason sweep CONFIG &`
     twice): each claims a cell before training it (runs/NAME/.claim), skips cells other workers hold,
     waits for cells whose dependency another worker is still training, and polls every `poll_seconds`
-    until nothing is left.
+    until nothing is left. With `wait=False` a worker leaves the cells other workers hold (and the cells
+    that start from them) to those workers and returns once nothing else is left: a worker that chains
+    several sweep commands then goes on to its next command instead of idling on a cell it cannot take.
 
     Every cell is resolved and validated before the first one trains. A cell with bad input (config or
     data) or a crash fails alone: its message, naming the cell, goes to stderr and its error.txt, and
@@ -417,6 +419,10 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
         while pending:
             waiting = [cell for cell in pending if run_cell(cell, bar) == "busy"]
             if waiting and len(waiting) == len(pending):
+                if not wait:
+                    print(f"sweep: left {len(waiting)} cell(s) held by other workers to them: "
+                          f"{[cell_name(cell) for cell in waiting]}", file=sys.stderr)
+                    break
                 bar.set_description(f"sweep: waiting for {len(waiting)} cell(s) held by other workers")
                 time.sleep(poll_seconds)
             pending = waiting
