@@ -205,6 +205,18 @@ SMALL_SWEEP = ("base: {task: {name: countdown}}\n"
                "  - {method.name: [coconut], method.n_latents: [2], train.init_from: ['{cell:method.name=cot}']}\n")
 
 
+def small_sweep_with_claims(tmp_path: Path, monkeypatch, calls: list[str]) -> tuple[Path, Path]:
+    """SMALL_SWEEP with a fake train that records its cells, and cot_seed-1 held by a live worker on another
+    host (its lock cannot reach this one, so the claim stands until that worker removes it)."""
+    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
+    runs = tmp_path / "out/runs"
+    (runs / "cot_seed-1").mkdir(parents=True)
+    (runs / "cot_seed-1/.claim").write_text("another-host 1")
+    return path, runs
+
+
 def test_two_workers_share_one_sweep_and_train_every_cell_once(tmp_path: Path, monkeypatch) -> None:
     calls: list[str] = []
     fake = fake_train_factory(calls)
@@ -229,16 +241,11 @@ def test_two_workers_share_one_sweep_and_train_every_cell_once(tmp_path: Path, m
 
 def test_sweep_takes_over_stale_claims_and_waits_for_live_ones(tmp_path: Path, monkeypatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
-    runs = tmp_path / "out/runs"
+    path, runs = small_sweep_with_claims(tmp_path, monkeypatch, calls)  # cot_seed-1: live, finishes later
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (runs / "no_cot_seed-0").mkdir(parents=True)
     (runs / "no_cot_seed-0/.claim").write_text(f"{socket.gethostname()} {dead.pid}")  # its worker died: stale
-    (runs / "cot_seed-1").mkdir(parents=True)
-    (runs / "cot_seed-1/.claim").write_text("another-host 1")  # a live worker elsewhere, which finishes later
 
     def other_worker_finishes() -> None:
         time.sleep(0.3)
@@ -256,12 +263,7 @@ def test_sweep_takes_over_stale_claims_and_waits_for_live_ones(tmp_path: Path, m
 
 def test_a_worker_that_does_not_wait_leaves_held_cells_and_their_dependents(tmp_path: Path, monkeypatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(f"out_dir: {tmp_path / 'out'}\n" + SMALL_SWEEP)
-    runs = tmp_path / "out/runs"
-    (runs / "cot_seed-1").mkdir(parents=True)
-    (runs / "cot_seed-1/.claim").write_text("another-host 1")  # a live worker elsewhere, never finishing here
+    path, runs = small_sweep_with_claims(tmp_path, monkeypatch, calls)  # cot_seed-1: live, never finishes here
     result: list[list[dict]] = []
     worker = threading.Thread(target=lambda: result.append(run_sweep(path, progress=False, poll_seconds=0.01, wait=False)),
                               daemon=True)  # a worker that waited would poll forever: the claim is never released
