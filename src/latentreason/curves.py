@@ -18,6 +18,7 @@ import torch
 
 from latentreason.evaluation import evaluate, finite_or_none
 from latentreason.methods.base import LatentMethod
+from latentreason.results import read_metrics
 from latentreason.tasks import Task
 from latentreason.tokenization import EncodedExample
 
@@ -71,13 +72,6 @@ def early_stop_update(state: dict, accuracy: float, patience: int) -> bool:
     else:
         state["evals_since_best"] = state.get("evals_since_best", 0) + 1
     return patience > 0 and state["evals_since_best"] >= patience
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 CURVE_KEYS = {

@@ -78,11 +78,17 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
     return {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds"), "eval_curve": eval_curve(run_dir)}
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl ([] before the first row is written)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def eval_curve(run_dir: Path) -> list[list[float]]:
     """[[step, eval accuracy], ...] of a run's periodic evaluations (metrics.jsonl), in step order. A step
     evaluated twice (a run resumed after a kill that followed its evaluation) keeps its last row."""
-    from latentreason.curves import read_metrics  # lazily, as methods are: curves imports torch
-
     by_step = {int(r["step"]): float(r["eval_accuracy"]) for r in read_metrics(run_dir / "metrics.jsonl") if r.get("eval_accuracy") is not None}
     return [[step, by_step[step]] for step in sorted(by_step)]
 
