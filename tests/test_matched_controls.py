@@ -185,3 +185,16 @@ def test_late_change_is_the_last_quarter_of_the_eval_curve_and_flags_a_cell_stil
     assert h1["late_change"] == pytest.approx(0.1) and h1["control_late_change"] is None and h1["curves"][0]["control"] == []
     table = _control_gains_table(gains, set())
     assert "+0.100 / +0.000" in table and "+0.100 / start (not trained)" in table
+
+
+def test_eval_curve_skips_a_row_still_being_written_but_names_a_damaged_line(tmp_path) -> None:
+    """A report read while a cell trains can meet a half-written last row of metrics.jsonl: it is skipped. A bad
+    row before the last one is damage, and the error names the file and line."""
+    from latentreason.results import eval_curve
+
+    rows = ['{"step": 250, "eval_accuracy": 0.2}', '{"step": 500, "loss": 0.1}', '{"step": 500, "eval_accuracy": 0.3}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 750, "eval_acc')
+    assert eval_curve(tmp_path) == [[250, 0.2], [500, 0.3]]
+    (tmp_path / "metrics.jsonl").write_text(rows[0] + "\n{not json\n" + rows[2] + "\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON row"):
+        eval_curve(tmp_path)

@@ -79,11 +79,22 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl ([] before the first row is written)."""
+    """The rows of a run's metrics.jsonl ([] before the first row is written). A last line that does not parse
+    is a row still being written (a report read while the run trains) or cut off by a kill, and is skipped; a
+    bad line anywhere else is a damaged file and raises with its line number."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    rows = []
+    for position, (line_number, line) in enumerate(numbered):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if position == len(numbered) - 1:
+                break
+            raise ValueError(f"{path}:{line_number}: not a JSON row ({error.msg}); expected one JSON object per line") from error
+    return rows
 
 
 def eval_curve(run_dir: Path) -> list[list[float]]:
