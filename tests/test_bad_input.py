@@ -75,7 +75,7 @@ CASES = [
     ("variant_unknown_in_yaml", ["train", "v.yaml"], {"v.yaml": "method:\n  name: coprocessor\n  coprocessor:\n    variant: H1\n"}, 2,
      "v.yaml:4: config key 'method.coprocessor.variant': unknown variant 'H1'"),
     ("task_params_unknown", ["train", "task.params.n_nodez=5"], {}, 2,
-     "config key 'task.params.n_nodez': unknown prosqa generator parameter 'n_nodez'; expected one of ['min_depth', 'max_depth', 'n_nodes', 'concepts', 'asked_facts_last']"),
+     "config key 'task.params.n_nodez': unknown prosqa generator parameter 'n_nodez'; expected one of ['min_depth', 'max_depth', 'n_nodes', 'concepts', 'asked_facts_last', 'steps']"),
     ("task_params_unknown_in_yaml", ["train", "p.yaml"], {"p.yaml": "task:\n  name: countdown\n  params:\n    branching: 3\n    target_maximum: 50\n"}, 2,
      "p.yaml:5: config key 'task.params.target_maximum': unknown countdown generator parameter"),
     ("task_params_for_gsm8k", ["train", "task.name=gsm8k", "task.params.hops=2"], {}, 2, "its generator takes no parameters"),

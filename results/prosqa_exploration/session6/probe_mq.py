@@ -1,4 +1,13 @@
-"""Multi-query probe: many questions about one graph per forward pass, each seeing only the facts.
+"""Multi-query probe (session 6), with layer growth (session 14, `GROW`).
+
+GROW (session 14, default off): a layout such as "onno" for a run started from INIT: "o" takes the next layer of the INIT model
+in order, "n" is a new layer whose two output projections (attention o_proj, MLP down_proj) are zero, so the grown
+model computes exactly what the INIT model did (checked at start) and the new layers start as identity blocks
+the gradient can still reach. The idea: a 2-layer model that looks one fact up (the 10-node one-hop model) keeps
+its lookup and gains room to chain a second and third lookup. LR_DECAY (0): if > 0, the lr falls linearly to 0 over
+the last LR_DECAY steps. SAVE (""): a path for the final state dict.
+
+Multi-query probe: many questions about one graph per forward pass, each seeing only the facts.
 
 A plain LlamaForCausalLM loop (no project training code) on fresh 10-node ProsQA. With MQ=1 every training
 sequence is the facts followed by several query blocks ("Is P a X or Y?\n### P is a X.<eos>"), one per
@@ -17,7 +26,7 @@ draws each problem's count) and PEOPLE_STEPS (0): the first PEOPLE_STEPS steps t
 largest count. REPEAT (0): for the first REPEAT steps every training row also carries the facts
 repeated (" Again: " + facts, its own block after the facts, every token supervised): dense practice of the
 in-context copy (induction) that a lookup by name needs.
-Prints every 100 steps: step, train loss, standard held-out seq-acc (teacher-forced argmax = whole answer, 300
+Prints every EVERY (100) steps: step, train loss, standard held-out seq-acc (teacher-forced argmax = whole answer, 300
 problems in the standard single-question format), held-out answer-word accuracy per query depth (1, 2, leaf),
 seconds.
 """
@@ -41,12 +50,33 @@ INIT = E("INIT", "")
 if INIT:  # continue from a framework run's final weights (its own tokenizer and model shape)
     run0 = build_run(load_config(os.path.join(INIT, "config.yaml"), [f"train.init_from={INIT}", "out_dir=/tmp/probe_init"]), None)
     tok, model = run0.method.tokenizer, run0.method.model
+    GROW = E("GROW", "")
+    if GROW:
+        assert GROW.count("o") == model.config.num_hidden_layers, f"GROW {GROW!r} must use each of the INIT model's {model.config.num_hidden_layers} layers once"
+        grown_cfg = LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": len(GROW)})
+        grown = LlamaForCausalLM(grown_cfg)
+        grown.model.embed_tokens.load_state_dict(model.model.embed_tokens.state_dict())
+        grown.model.norm.load_state_dict(model.model.norm.state_dict())
+        grown.lm_head.load_state_dict(model.lm_head.state_dict())
+        old_layers = iter(model.model.layers)
+        with torch.no_grad():
+            for layer, kind in zip(grown.model.layers, GROW):
+                if kind == "o":
+                    layer.load_state_dict(next(old_layers).state_dict())
+                else:
+                    layer.self_attn.o_proj.weight.zero_()
+                    layer.mlp.down_proj.weight.zero_()
+        grown_check = torch.randint(3, len(tok), (2, 40))
+        with torch.no_grad():
+            assert torch.allclose(model(grown_check).logits, grown(grown_check).logits, atol=1e-4), "growth changed the function"
+        model = grown
 else:
     tok = build_run(cfg, None).method.tokenizer
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=4 * D, num_hidden_layers=NL,
         num_attention_heads=H, num_key_value_heads=H, head_dim=HD, max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=1, pad_token_id=0, attn_implementation=E("ATTN", "sdpa")))
 opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, betas=(0.9, 0.95))
+LR_DECAY = int(E("LR_DECAY", "0"))
 task = get_task("prosqa"); rng = random.Random(SEED)
 train_gen = task.iter_generate(10**9, seed=SEED * 1000 + NODES, n_nodes=NODES, min_depth=dlo, max_depth=dhi)
 held = task.iter_generate(10**9, seed=999, n_nodes=NODES, min_depth=dlo, max_depth=dhi)
@@ -167,7 +197,7 @@ held_look = [next(look_held) for _ in range(100)]
 plo = plo_train
 if PEOPLE:
     mq_held = (mq_held, pack(held_look, True))
-print(f"D={D} H={H} HD={HD} NL={NL} LR={LR} BS={BS} NODES={NODES} DEPTH={dlo}-{dhi} SEED={SEED} MQ={int(MQ)} "
+print((f"GROW={E('GROW')} INIT={INIT} " if E("GROW") else "") + f"D={D} H={H} HD={HD} NL={NL} LR={LR} BS={BS} NODES={NODES} DEPTH={dlo}-{dhi} SEED={SEED} MQ={int(MQ)} "
       f"LEAF_ONLY={int(LEAF_ONLY)} params={sum(p.numel() for p in model.parameters())/1e6:.2f}M", flush=True)
 def evaluate(step, loss):
     with torch.no_grad():
@@ -187,10 +217,16 @@ t0 = time.time()
 if INIT:
     evaluate(0, float("nan"))
 for step in range(1, STEPS + 1):
+    if LR_DECAY and step > STEPS - LR_DECAY:
+        for group in opt.param_groups:
+            group["lr"] = LR * (STEPS - step + 1) / LR_DECAY
     gen = look_gen if step <= PEOPLE_STEPS else train_gen
     logits = run(b := pack([next(gen) for _ in range(BS)], MQ, step <= REPEAT))
     lab = b[1]
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
     loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
-    if step % 100 == 0:
+    if step % int(E("EVERY", "100")) == 0:
         evaluate(step, loss.item())
+
+if E("SAVE", ""):
+    torch.save(model.state_dict(), E("SAVE"))

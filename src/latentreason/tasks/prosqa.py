@@ -123,8 +123,35 @@ def fact_sentence(parent: str, child: str, parent_is_person: bool) -> str:
     return f"{parent} is a {child}." if parent_is_person else f"Every {parent} is a {child}."
 
 
+def frontier_steps(facts: Sequence[tuple[str, int, int]], root: int, target: int) -> list[str]:
+    """The search trace of `steps="frontier"`: step k holds, in question order, every fact whose parent is a
+    child named in step k-1 (step 1: the asked person's facts), up to the first step that reaches the target.
+
+    Each step is one filter over the fact list ("the facts about the nodes I just reached"), so no step needs
+    to look ahead: the released path format has to pick, at every branching node, the child that will lead to
+    an option, which is as hard as the No-CoT problem (a walk that picks uniformly among the children and takes
+    an option when one is a child reaches the target in ~46% of 10-node depth 2-3 problems). The negative
+    target is unreachable from the asked person, so it never appears; the target appears first in the step
+    whose number is the path length (the path is the only route to it).
+    """
+    steps, reached = [], {root}
+    while target not in reached:
+        layer = [(sentence, child) for sentence, parent, child in facts if parent in reached]
+        if not layer:
+            raise AssertionError("frontier search ran out of facts before the target: the graph is broken")
+        steps.append(" ".join(sentence for sentence, _ in layer))
+        reached = {child for _, child in layer}
+    return steps
+
+
+STEPS_FORMATS = ("path", "frontier")
+"""Generator parameter `steps`: "path" is the released format (the answer path, one fact per step);
+"frontier" is the breadth-first search trace of `frontier_steps`."""
+
+
 def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
-                concept_names: Sequence[str] = RELEASED_CONCEPT_NAMES, asked_facts_last: bool = False) -> dict[str, Any]:
+                concept_names: Sequence[str] = RELEASED_CONCEPT_NAMES, asked_facts_last: bool = False,
+                steps_format: str = "path") -> dict[str, Any]:
     """Build one problem record. Node ids here are construction ids; renumbered at the end.
 
     The construction is symmetric between two (person, leaf) pairs: person 0 reaches leaf 0 by
@@ -238,18 +265,20 @@ def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
     idx_to_symbol = [name[u] for u in order]
     edge_list = sorted([new_id[u], new_id[v]] for u, v in edges)
 
-    facts = [fact_sentence(name[u], name[v], u < n_persons) for u, v in edges]
-    facts.sort()  # set order is arbitrary; sort, then shuffle with the seeded rng for determinism
-    rng.shuffle(facts)
+    # (sentence, parent, child); sentences are unique, so sorting the triples sorts by sentence
+    facts = sorted((fact_sentence(name[u], name[v], u < n_persons), u, v) for u, v in edges)
+    rng.shuffle(facts)  # set order is arbitrary; sort, then shuffle with the seeded rng for determinism
     options = [name[target], name[neg_target]]
     rng.shuffle(options)
     person = name[root]
     if asked_facts_last:  # a stable partition: the same problem, only its facts reordered (no rng drawn)
-        own = [f for f in facts if f.startswith(f"{person} is a ")]
-        facts = [f for f in facts if not f.startswith(f"{person} is a ")] + own
-    steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
+        facts = [f for f in facts if f[1] != root] + [f for f in facts if f[1] == root]
+    if steps_format == "frontier":
+        steps = frontier_steps(facts, root, target)
+    else:
+        steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
     return {
-        "question": " ".join(facts) + f" Is {person} a {options[0]} or {options[1]}?",
+        "question": " ".join(sentence for sentence, _, _ in facts) + f" Is {person} a {options[0]} or {options[1]}?",
         "answer": f"{person} is a {name[target]}.",
         "steps": steps,
         "idx_to_symbol": idx_to_symbol,
@@ -328,7 +357,7 @@ class ProsQATask(Task):
 
     def iter_generate(self, n: int, seed: int, *, min_depth: int = 3, max_depth: int = 6,
                       n_nodes: int | list[int] | None = None, concepts: str = "released",
-                      asked_facts_last: bool = False, **params: Any) -> Iterator[Example]:
+                      asked_facts_last: bool = False, steps: str = "path", **params: Any) -> Iterator[Example]:
         """Yield `n` problems one at a time, deterministic in `seed` (a huge `n` never sits in memory).
 
         The answer path length (number of steps) is drawn from the released split's distribution
@@ -342,10 +371,14 @@ class ProsQATask(Task):
         the binding plateau: the copy path forms on the positional rule first, and the lookup by name follows
         (docs/LOG.md, 2026-12-02, results/prosqa_exploration/session5). The problems are otherwise identical.
         Concept names come from `concepts`: "released" (the released split's 38) or "extended" (~300).
+        `steps` chooses the CoT steps: "path" (the released format: the answer path, one fact per step) or
+        "frontier" (a search trace without look-ahead, see `frontier_steps`); the problem itself is the same.
         """
         if params:
             raise UserInputError(f"prosqa: unknown generator parameter(s) {sorted(params)}; "
-                                 "expected min_depth, max_depth, n_nodes, concepts, asked_facts_last")
+                                 "expected min_depth, max_depth, n_nodes, concepts, asked_facts_last, steps")
+        if steps not in STEPS_FORMATS:
+            raise UserInputError(f"prosqa: steps must be one of {list(STEPS_FORMATS)}, got {steps!r}")
         if not isinstance(asked_facts_last, bool):
             raise UserInputError(f"prosqa: asked_facts_last must be true or false, got {asked_facts_last!r}")
         if concepts not in CONCEPT_INVENTORIES:
@@ -380,7 +413,7 @@ class ProsQATask(Task):
             else:
                 size = n_nodes if n_nodes is not None else max(
                     _weighted(rng, _NODE_COUNTS), sum(depths) + 2 + rng.randint(0, 6))
-            record = _make_graph(rng, depths, size, inventory, asked_facts_last)
+            record = _make_graph(rng, depths, size, inventory, asked_facts_last, steps)
             yield Example(record["question"], list(record["steps"]), record["answer"], record)
 
     def to_record(self, example: Example) -> dict[str, Any]:
