@@ -146,6 +146,8 @@ def test_prosqa_frontier_steps_are_the_search_trace_of_the_same_problem():
     """steps="frontier" changes only the steps: step k is every fact (in question order) whose parent was reached
     in step k-1, from the asked person to the first step that names the target; the negative target never
     appears, and the number of steps is the answer path's length."""
+    from latentreason.tasks.audit import _parse_prosqa
+    from latentreason.tasks.prosqa import fact_sentence
     task = get_task("prosqa")
     paths = task.generate(40, seed=7, min_depth=2, max_depth=3, n_nodes=10)
     traces = task.generate(40, seed=7, min_depth=2, max_depth=3, n_nodes=10, steps="frontier")
@@ -153,13 +155,11 @@ def test_prosqa_frontier_steps_are_the_search_trace_of_the_same_problem():
         assert (path.question, path.answer, path.meta["edges"]) == (trace.question, trace.answer, trace.meta["edges"])
         assert len(trace.steps) == len(path.steps)
         sym = trace.meta["idx_to_symbol"]
-        facts = [f + "." for f in trace.question.rsplit(" Is ", 1)[0].rstrip(".").split(". ")]
-        parent_of = lambda fact: fact.split()[1] if fact.startswith("Every ") else fact.split()[0]  # noqa: E731
-        child_of = lambda fact: fact.rstrip(".").split()[-1]  # noqa: E731
+        facts = _parse_prosqa(trace)["facts"]  # (parent, child, parent is a person), read from the text
         reached = {sym[trace.meta["root"]]}
         for step in trace.steps:
-            assert step == " ".join(f for f in facts if parent_of(f) in reached)
-            reached = {child_of(f) for f in facts if parent_of(f) in reached}
+            assert step == " ".join(fact_sentence(*f) for f in facts if f[0] in reached)
+            reached = {child for parent, child, _ in facts if parent in reached}
             assert sym[trace.meta["neg_target"]] not in reached
         assert sym[trace.meta["target"]] in reached and path.steps[-1] in trace.steps[-1]
     assert any(len(t.steps[0].split(". ")) > 1 for t in traces)  # steps hold several facts, not one path fact

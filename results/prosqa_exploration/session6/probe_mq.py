@@ -76,7 +76,7 @@ else:
         num_attention_heads=H, num_key_value_heads=H, head_dim=HD, max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=1, pad_token_id=0, attn_implementation=E("ATTN", "sdpa")))
 opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, betas=(0.9, 0.95))
-LR_DECAY = int(E("LR_DECAY", "0"))
+LR_DECAY, EVERY = int(E("LR_DECAY", "0")), int(E("EVERY", "100"))
 task = get_task("prosqa"); rng = random.Random(SEED)
 train_gen = task.iter_generate(10**9, seed=SEED * 1000 + NODES, n_nodes=NODES, min_depth=dlo, max_depth=dhi)
 held = task.iter_generate(10**9, seed=999, n_nodes=NODES, min_depth=dlo, max_depth=dhi)
@@ -225,7 +225,7 @@ for step in range(1, STEPS + 1):
     lab = b[1]
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1))
     loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
-    if step % int(E("EVERY", "100")) == 0:
+    if step % EVERY == 0:
         evaluate(step, loss.item())
 
 if E("SAVE", ""):
