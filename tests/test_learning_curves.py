@@ -136,3 +136,22 @@ def test_kill_and_resume_with_learning_curves_logs_the_same_rows(tmp_path):
     train(resumed, progress=False, evaluate_at_end=False)
     clean = lambda run_dir: [{k: v for k, v in r.items() if k not in volatile} for r in rows(run_dir)]  # noqa: E731
     assert clean(tmp_path / "a" / "run") == clean(tmp_path / "b" / "run")
+
+
+def test_eval_json_splits_accuracy_by_reasoning_steps(tmp_path):
+    """A split that mixes depths reports accuracy per depth, consistent with its predictions file."""
+    train(curve_run(tmp_path, "task.params={n_nodes: 10, min_depth: 2, max_depth: 3}", "task.eval_size=24",
+                    "train.epochs=1", "train.eval_every=0"), progress=False)
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    by_steps = report["accuracy_by_steps"]
+    assert set(by_steps) == {"2", "3"} == {str(p["reasoning_steps"]) for p in predictions}
+    for steps, bucket in by_steps.items():
+        mine = [p["correct"] for p in predictions if str(p["reasoning_steps"]) == steps]
+        assert bucket["n"] == len(mine) and bucket["accuracy"] == pytest.approx(sum(mine) / len(mine))
+    assert sum(b["n"] for b in by_steps.values()) == report["n"] == 24
+
+
+def test_eval_json_has_no_split_when_every_example_has_the_same_depth(tmp_path):
+    train(curve_run(tmp_path, "train.epochs=1", "train.eval_every=0"), progress=False)
+    assert "accuracy_by_steps" not in json.loads((tmp_path / "run" / "eval.json").read_text())

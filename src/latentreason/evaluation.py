@@ -67,6 +67,18 @@ def task_baselines(task: Task, examples: Sequence[EncodedExample]) -> dict[str, 
     return {key: value for key, value in found.items() if value is not None}
 
 
+def accuracy_by_steps(records: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{"accuracy_by_steps": {"2": {"n": 253, "accuracy": 0.47}, ...}}: accuracy split by the number of reasoning
+    steps of the gold solution (ProsQA: hops from the person to the answer; Countdown: operations), so a mixed
+    split such as depth 2-3 shows which depth a model solves. Empty when every example has the same count."""
+    groups: dict[int, list[bool]] = {}
+    for record in records:
+        groups.setdefault(record["reasoning_steps"], []).append(record["correct"])
+    if len(groups) < 2:
+        return {}
+    return {"accuracy_by_steps": {str(k): {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(groups.items())}}
+
+
 @torch.no_grad()
 def evaluate(
     method: LatentMethod,
@@ -113,6 +125,7 @@ def evaluate(
                 "forward_passes": generation.forward_passes[i],
                 "latent_slots": generation.latent_slots[i],
                 "flops": generation.flops[i],
+                "reasoning_steps": len(encoded.example.steps),
                 **{key: bool(value) for key, value in checks.items()},
             })
     method.train(was_training)
@@ -135,6 +148,7 @@ def evaluate(
         "batch_size": batch_size,
         **{f"{key}_rate": sum(bool(r.get(key)) for r in records) / max(n, 1) for key in diagnostic_keys},
         **(task_baselines(task, examples) if baselines else {}),
+        **accuracy_by_steps(records),
         **{key: sum(values) / max(n, 1) for key, values in extra.items()},
         **{f"params_{k}": v for k, v in method.parameter_counts().items()},
     }
