@@ -442,6 +442,17 @@ def test_write_report_from_hand_made_cells(tmp_path: Path) -> None:
         report.write_report(tmp_path / "empty")
 
 
+def test_report_names_cells_whose_answers_were_cut_off(tmp_path: Path) -> None:
+    for name, method in (("cot", "cot"), ("nocot", "no_cot")):
+        hand_made_cell(tmp_path, name, {"task": {"name": "countdown", "branching": 4}, "method": {"name": method}}, 0.1)
+    assert "cut off by the decoding budget" not in Path(report.write_report(tmp_path)).read_text()
+    eval_json = tmp_path / "runs/cot/eval.json"
+    eval_json.write_text(json.dumps(json.loads(eval_json.read_text()) | {"truncated_rate": 0.84}))
+    text = Path(report.write_report(tmp_path)).read_text()
+    assert "**Answers cut off by the decoding budget**" in text and "countdown cot N_L=0 (84%)" in text  # b is one value: not named
+    assert "no_cot N_L=0" not in text.split("cut off by the decoding budget")[1].split("\n")[0]
+
+
 def test_report_plots_learning_curves_beside_the_matched_controls(tmp_path: Path) -> None:
     """Every paired seed's held-out curve (metrics.jsonl) of a latent cell and of its control: the plot is in the
     report and the control table gives each side's change over the last quarter of training."""

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -93,7 +94,9 @@ def evaluate(
     """Score `method` on `examples`; write eval.json and predictions.jsonl under `out_dir` when given.
 
     Besides accuracy, the summary holds the rate of every check of `task.diagnostics` (e.g.
-    `well_formed_rate`) and, with `baselines`, the accuracy a no-reasoning answerer gets on these examples
+    `well_formed_rate`), `truncated_rate` (answers cut off by `max_new_tokens` before their end-of-answer
+    token: scored as generated, so a high rate means the budget, not the model, set the accuracy; a warning
+    says so) and, with `baselines`, the accuracy a no-reasoning answerer gets on these examples
     (`chance_accuracy`, `shortcut_ceiling`; absent when unknown).
     """
     was_training = method.training
@@ -122,6 +125,8 @@ def evaluate(
                 "generated": text,
                 "correct": bool(task.score(text, encoded.example)),
                 "generated_tokens": len(generation.token_ids[i]),
+                # no end-of-answer token within the budget (token_ids stop before eos when there is one)
+                "truncated": len(generation.token_ids[i]) >= max_new_tokens,
                 "forward_passes": generation.forward_passes[i],
                 "latent_slots": generation.latent_slots[i],
                 "flops": generation.flops[i],
@@ -133,6 +138,10 @@ def evaluate(
     correct = sum(r["correct"] for r in records)
     mean = lambda key: sum(r[key] for r in records) / max(n, 1)  # noqa: E731
     low, high = wilson_interval(correct, n)
+    truncated = sum(r["truncated"] for r in records)
+    if truncated:
+        warnings.warn(f"{truncated} of {n} answers hit the decoding budget (max_new_tokens={max_new_tokens}) before their "
+                      "end-of-answer token and were scored cut off; raise eval.max_new_tokens", stacklevel=2)
     summary = {
         "method": method.name,
         "n": n,
@@ -146,6 +155,8 @@ def evaluate(
         "seconds_per_answer": total_time / max(n, 1),
         "answers_per_second": n / total_time if total_time > 0 else float("nan"),
         "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "truncated_rate": truncated / max(n, 1),
         **{f"{key}_rate": sum(bool(r.get(key)) for r in records) / max(n, 1) for key in diagnostic_keys},
         **(task_baselines(task, examples) if baselines else {}),
         **accuracy_by_steps(records),

@@ -170,6 +170,12 @@ def write_report(sweep_dir: str | Path) -> str:
               "Shortcut ceiling: best accuracy of a no-reasoning heuristic on the same eval examples (tasks/audit.py; "
               "blank for runs evaluated before it existed). Accuracy at or below either is no evidence of reasoning.", ""]
     lines += [_results_table(table, branching_varies, axes), ""]
+    cut_off = [row for row in table if (row.get("truncated_rate") or 0) > 0]
+    if cut_off:
+        lines += ["**Answers cut off by the decoding budget** (no end-of-answer token within `eval.max_new_tokens`, scored as "
+                  "generated; raise the budget and re-evaluate before reading these accuracies): " + ", ".join(
+                      f"{_setting(row, branching_varies)} {row['label']} N_L={row['N_L']} ({row['truncated_rate']:.0%})"
+                      for row in sorted(cut_off, key=lambda r: -r["truncated_rate"])), ""]
     if pretraining:
         lines += ["## Coprocessor pretraining cells", "",
                   "Cells with `train.objective: pretrain` (Liu et al. 2024: M augmentation points per packed text sequence, "

@@ -35,7 +35,7 @@ NOT_AXES = ("run", "out_dir")
 STANDARD_KEYS = ("task.name", "task.branching", "method.name", "method.n_latents")
 """Always in an aggregated entry (the report's setting, method and N_L come from them)."""
 COST_KEYS = ("flops_per_answer", "forward_passes_per_answer", "latent_slots_per_answer", "seconds_per_answer",
-             "generated_tokens_per_answer", "mean_loops",
+             "generated_tokens_per_answer", "mean_loops", "truncated_rate",
              "chance_accuracy", "shortcut_ceiling")  # the last two: no-reasoning reference points of the eval set
 """Per-cell numbers averaged over a configuration's seeds."""
 

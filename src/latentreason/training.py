@@ -45,7 +45,7 @@ from latentreason.tasks import Task, get_task
 from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer, splits_digits_with_spaces
 from latentreason.tracking import PROJECT_NAME as TRACKER_PROJECT
 from latentreason.tracking import resolve_trackers, tracker_config, tracker_init_kwargs
-from latentreason.validation import check_sequence_lengths
+from latentreason.validation import check_sequence_lengths, warn_short_decoding_budget
 
 
 class Objective(Protocol):
@@ -117,6 +117,7 @@ def build_run(cfg: RunConfig, out_dir: Path | None = None) -> Run:
         load_weights(method, ckpt.weights_path(cfg.train.init_from), strict=False)
     train_set, eval_set = encode_examples(backbone.tokenizer, train_examples), encode_examples(backbone.tokenizer, eval_examples)
     check_sequence_lengths(cfg, backbone.model, train_set, eval_set)  # a clear error now, not an IndexError mid-training
+    warn_short_decoding_budget(cfg, eval_set)  # cut-off answers would read as a model that did not learn
     stream = ExampleStream(cfg.task, encode=lambda chunk: encode_examples(backbone.tokenizer, chunk)) if stream_enabled(cfg.task) else None
     return Run(cfg, task, method, train_set, eval_set, stream)
 

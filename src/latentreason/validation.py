@@ -6,6 +6,7 @@ loads its file. What only the tokenizer can tell, whether every sequence fits th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from latentreason.backbone_names import TINY_BACKBONE_NAMES
@@ -73,3 +74,28 @@ def check_sequence_lengths(config: RunConfig, model, train_set: Sequence[Encoded
             raise UserInputError(f"{_describe('eval', index, eval_set[index])} needs {length} positions "
                                  f"(question{' + latent slots' if latents else ''}{what}), over {setting}={limit}; "
                                  f"raise the limit{', lower eval.max_new_tokens' if budget else ''} or drop long examples")
+
+
+def gold_output_length(config: RunConfig, example: EncodedExample) -> int:
+    """Tokens a correct answer takes at evaluation: the steps when the method writes them out (CoT; not a
+    curriculum, which has replaced every step by latents at evaluation) and the answer (whose ids end with eos)."""
+    cls = method_class(config.method.name)
+    writes_steps = cls.uses_steps(config.method) and not cls.replaces_steps(config.method)
+    return (sum(map(len, example.step_ids)) if writes_steps else 0) + len(example.answer_ids)
+
+
+def warn_short_decoding_budget(config: RunConfig, eval_set: Sequence[EncodedExample]) -> int:
+    """Warn (a UserWarning, shown on stderr) when `eval.max_new_tokens` is shorter than some eval examples' gold output: those answers
+    would be cut off and scored wrong whatever the model knows (Countdown b = 4 CoT needs ~55 tokens, where a
+    48-token budget once turned 0.18 into 0.03). A warning, not an error, since smoke runs cut decoding on
+    purpose. Returns how many eval examples do not fit."""
+    budget = config.eval.max_new_tokens
+    lengths = [gold_output_length(config, e) for e in eval_set]
+    over = [i for i, length in enumerate(lengths) if length > budget]
+    if over:
+        index = max(over, key=lambda i: lengths[i])
+        warnings.warn(f"eval.max_new_tokens={budget} is shorter than the gold output of {len(over)} of {len(eval_set)} "
+              f"eval examples (longest: {_describe('eval', index, eval_set[index])}, {lengths[index]} tokens with the "
+              f"end-of-answer token); those answers will be cut off and scored wrong: raise eval.max_new_tokens",
+                      stacklevel=2)
+    return len(over)
