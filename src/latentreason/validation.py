@@ -84,18 +84,17 @@ def gold_output_length(config: RunConfig, example: EncodedExample) -> int:
     return (sum(map(len, example.step_ids)) if writes_steps else 0) + len(example.answer_ids)
 
 
-def warn_short_decoding_budget(config: RunConfig, eval_set: Sequence[EncodedExample]) -> int:
-    """Warn (a UserWarning, shown on stderr) when `eval.max_new_tokens` is shorter than some eval examples' gold output: those answers
-    would be cut off and scored wrong whatever the model knows (Countdown b = 4 CoT needs ~55 tokens, where a
-    48-token budget once turned 0.18 into 0.03). A warning, not an error, since smoke runs cut decoding on
-    purpose. Returns how many eval examples do not fit."""
+def warn_short_decoding_budget(config: RunConfig, eval_set: Sequence[EncodedExample]) -> None:
+    """Warn (a UserWarning, shown on stderr) when `eval.max_new_tokens` is shorter than some eval examples' gold
+    output: those answers would be cut off and scored wrong whatever the model knows (Countdown b = 4 CoT needs ~55
+    tokens, where a 48-token budget once turned 0.18 into 0.03). A warning, not an error, since smoke runs cut
+    decoding on purpose."""
     budget = config.eval.max_new_tokens
     lengths = [gold_output_length(config, e) for e in eval_set]
     over = [i for i, length in enumerate(lengths) if length > budget]
     if over:
         index = max(over, key=lambda i: lengths[i])
         warnings.warn(f"eval.max_new_tokens={budget} is shorter than the gold output of {len(over)} of {len(eval_set)} "
-              f"eval examples (longest: {_describe('eval', index, eval_set[index])}, {lengths[index]} tokens with the "
-              f"end-of-answer token); those answers will be cut off and scored wrong: raise eval.max_new_tokens",
+                      f"eval examples (longest: {_describe('eval', index, eval_set[index])}, {lengths[index]} tokens with "
+                      "the end-of-answer token); those answers will be cut off and scored wrong: raise eval.max_new_tokens",
                       stacklevel=2)
-    return len(over)
