@@ -198,3 +198,26 @@ def test_eval_curve_skips_a_row_still_being_written_but_names_a_damaged_line(tmp
     (tmp_path / "metrics.jsonl").write_text(rows[0] + "\n{not json\n" + rows[2] + "\n")
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON row"):
         eval_curve(tmp_path)
+
+
+def test_curriculum_cells_of_any_thoughts_per_step_share_the_n_latents_zero_control() -> None:
+    """Soft tokens / H2 with the curriculum at N_L = 8 (4 slots per step) and 16 (8 per step) pair with the same
+    N_L = 0 curriculum cell, whatever thoughts_per_step that cell was launched with (at N_L = 0 it replaces no step);
+    a cell with another epochs_per_stage is still not a control."""
+    curriculum = {"method.curriculum.enabled": True}
+    rows = starts()
+    for variant_keys in ({}, {"method.coprocessor.variant": "h2"}):
+        method = "coprocessor" if variant_keys else "soft_tokens"
+        for n_latents, c, acc in ((4, 2, 0.60), (8, 4, 0.62), (16, 8, 0.64)):
+            rows += [row(f"{method}{n_latents}_s{s}", method, acc, s, f"cot_s{s}", n_latents=n_latents, **variant_keys,
+                         **curriculum, **{"method.curriculum.thoughts_per_step": c}) for s in range(2)]
+        rows += [row(f"{method}0_s{s}", method, 0.58, s, f"cot_s{s}", n_latents=0, **variant_keys, **curriculum,
+                     **{"method.curriculum.thoughts_per_step": 2}) for s in range(2)]
+        rows += [row(f"{method}0_eps2_s0", method, 0.1, 0, "cot_s0", n_latents=0, **variant_keys, **curriculum,
+                     **{"method.curriculum.thoughts_per_step": 4, "method.curriculum.epochs_per_stage": 2})]
+    gains = control_gains(rows)
+    for method in ("soft_tokens", "coprocessor"):
+        for n_latents, acc in ((4, 0.60), (8, 0.62), (16, 0.64)):
+            entry = by(gains, **{"method.name": method, "method.n_latents": n_latents})
+            assert entry["seeds"] == 2 and entry["control"].endswith("N_L=0")
+            assert entry["gain_mean"] == pytest.approx(acc - 0.58)

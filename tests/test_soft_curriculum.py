@@ -103,3 +103,25 @@ def test_facts_and_config_checks() -> None:
                 ["method.name=soft_tokens", "method.n_latents=3", "method.curriculum.thoughts_per_step=2"]):
         with pytest.raises(UserInputError, match="method"):
             load_config(None, [*bad, "method.curriculum.enabled=true"])
+
+
+def test_without_latents_thoughts_per_step_changes_nothing_so_one_control_serves_every_setting() -> None:
+    """At N_L = 0 every thoughts_per_step trains the same batches at every epoch (CoT, then answer-only), so the
+    matched-control lookup (results._method_identity) ignores it there, and only there."""
+    from latentreason.results import _method_identity
+
+    batches = {}
+    for c in (2, 4):
+        method, _, encoded = make(n_latents=0, thoughts_per_step=c)
+        batches[c] = []
+        for epoch in range(5):
+            method.set_epoch(epoch)
+            batches[c].append({k: v.tolist() if torch.is_tensor(v) else v for k, v in method.collate(encoded).items()})
+    assert batches[2] == batches[4]
+
+    def identity(n_latents: int, c: int) -> tuple:
+        return _method_identity({"method.name": "soft_tokens", "method.n_latents": n_latents,
+                                 "method.curriculum.enabled": True, "method.curriculum.thoughts_per_step": c})
+
+    assert identity(0, 2) == identity(0, 4)
+    assert identity(8, 2) != identity(8, 4)

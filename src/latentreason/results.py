@@ -374,7 +374,7 @@ def _method_identity(row: dict[str, Any]) -> tuple:
     """A configuration as its own method tells it apart: name, label, N_L and the method's identifying keys
     (a Coconut row turned into method.name=cot is the CoT configuration, whatever its coconut.* options say)."""
     cls, config = _method_class(row), method_config(row)
-    return (cls.name, cls.label(config), cls.latent_budget(config), *(_config_value(config, k) for k in sorted(cls.identifying_keys)))
+    return (cls.name, cls.label(config), cls.latent_budget(config), *((k, _config_value(config, k)) for k in sorted(cls.identity_keys(config))))
 
 
 def _start_run(row: dict[str, Any], runs: set[str]) -> Any:

@@ -124,6 +124,13 @@ class LatentMethod(nn.Module):
         return cls.name
 
     @classmethod
+    def identity_keys(cls, config: MethodConfig) -> tuple[str, ...]:
+        """The identifying_keys that matter for this configuration (results.py compares configurations on
+        them): all of them unless an option cannot change what trains (curriculum.py: thoughts per step at
+        N_L = 0)."""
+        return cls.identifying_keys
+
+    @classmethod
     def latent_budget(cls, config: MethodConfig) -> int:
         """N_L of a configuration: the latent vectors one answer uses (Generation.latent_slots' convention)."""
         return config.n_latents

@@ -101,6 +101,16 @@ class CurriculumStages:
     stage: int
 
     @classmethod
+    def identity_keys(cls, config) -> tuple[str, ...]:
+        """Without latents no step gets slots, so every `thoughts_per_step` trains the same run
+        (`epochs_per_stage` epochs of CoT, then every step removed): an N_L = 0 curriculum control serves the cells of
+        every thoughts_per_step."""
+        keys = cls.identifying_keys
+        if cls.latent_budget(config) == 0:
+            keys = tuple(k for k in keys if k != "method.curriculum.thoughts_per_step")
+        return keys
+
+    @classmethod
     def uses_steps(cls, config) -> bool:
         return config.curriculum.enabled  # the curriculum trains on the steps it has not replaced yet
 
