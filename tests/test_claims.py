@@ -67,6 +67,16 @@ def test_accuracy_falls_with_branching_pairs_seeds_across_tasks() -> None:
     assert found.verdict() == "reproduced" and found.comparisons[0].differences == pytest.approx([0.67] * 3)
 
 
+def test_a_cot_cell_is_labelled_cot_not_answer_only() -> None:
+    """CoT continued (the curriculum's Coconut control) writes its steps: calling it answer-only mislabelled the
+    branching comparison of CoT cells in paper_claims.md."""
+    cot, no_cot = row("cot_0", "cot", 0.7, 0, n_latents=0, curriculum=False), row("nc_0", "no_cot", 0.7, 0, n_latents=0, curriculum=False)
+    assert (regime(cot), regime(no_cot)) == ("CoT", "answer-only")
+    rows = [cot, row("cot_b4_0", "cot", 0.2, 0, n_latents=0, curriculum=False, branching=4)]
+    [comparison] = claim(accuracy_claims(rows), "Accuracy falls").comparisons
+    assert comparison.regime == "CoT"
+
+
 def test_overlap_is_judged_against_the_unrelated_slot_nulls() -> None:
     nulls = {"null_gauss": {"mean": 0.05, "lo": 0.04, "hi": 0.06}, "null_subspace": {"mean": 0.05, "lo": 0.04, "hi": 0.07},
              "null_perm": {"mean": 0.9, "lo": 0.89, "hi": 0.91}}

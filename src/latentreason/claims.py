@@ -31,6 +31,7 @@ from latentreason.results import (
     mean_ci95,
     method_label,
     replaces_steps,
+    uses_steps,
 )
 from latentreason.tables import markdown_table
 
@@ -48,11 +49,14 @@ def setting(row: dict[str, Any]) -> str:
 def regime(row: dict[str, Any]) -> str:
     """The paper's two regimes and the answer-only one: a cell whose method replaced the steps stage by stage
     (Coconut, `method.curriculum.enabled`) is a curriculum cell; a cell that starts from a pretraining cell
-    (collect names it in start_label) is pretrained; anything else trains on question -> answer only."""
+    (collect names it in start_label) is pretrained; a cell that trained on the written steps (CoT, e.g. the
+    curriculum's "CoT continued" control) is CoT; anything else trains on question -> answer only."""
     if replaces_steps(row):
         return "curriculum"
     if row.get("start_label"):
         return "pretrained"
+    if uses_steps(row):
+        return "CoT"
     return "answer-only"
 
 

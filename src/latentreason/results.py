@@ -195,6 +195,11 @@ def replaces_steps(row: dict[str, Any]) -> bool:
     return bool(_method_class(row).replaces_steps(method_config(row)))
 
 
+def uses_steps(row: dict[str, Any]) -> bool:
+    """Whether the row's configuration trained on sequences that contain the written reasoning steps (CoT)."""
+    return bool(_method_class(row).uses_steps(method_config(row)))
+
+
 def latent_budget(row: dict[str, Any]) -> int:
     """N_L of the row's configuration (the method's `latent_budget`; looped: loops - 1)."""
     return int(_method_class(row).latent_budget(method_config(row)))
