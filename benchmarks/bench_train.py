@@ -8,6 +8,10 @@ method on the same model initialisation:
 - project:          `training.train(cfg)` itself: Accelerate, collation on the fly, grad clipping, the
                     scheduler, metrics.jsonl, tracker, the epoch-end checkpoint, the progress bookkeeping.
 - project+bucket:   the same with `train.bucket_by_length=true` (other batches: less padding).
+- minimal+host:     (opt-in, `--sides`) the minimal loop plus the host work the project does every step:
+                    collation from the example indices, `loss.item()`, gradient clipping and
+                    `float(grad_norm)` (two device synchronisations), the scheduler. It splits the project's
+                    gap into that per-step host work and everything else.
 
 The first --skip steps of every side are not timed (allocator growth, compilation); the project's time is
 read from its own metrics.jsonl (`elapsed_s` at step --skip and at the last step, so log_every must divide
@@ -114,20 +118,29 @@ def main() -> None:
         shapes[key] = [{"useful": int(b["attention_mask"].sum()), "computed": b["attention_mask"].numel(), "T": b["attention_mask"].shape[1]}
                        for b in collated[args.skip:]]
 
-    def minimal() -> float:
+    random_indices = loop_batches(run, run_config(args, "unused", False))
+
+    def minimal(host_work: bool = False) -> float:
         method.load_state_dict(initial)
         trainable = [q for q in method.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95), fused=env.device.type == "cuda")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         began = 0.0
         for index, batch in enumerate(batches["random"]):
             if index == args.skip:
                 common.sync(env.device)
                 began = time.perf_counter()
+            if host_work:  # what optimizer_step() does besides the model: collate now, read loss and norm back
+                batch = common.to_device(method.collate([run.train_set[i] for i in random_indices[index]]), env.device)
             optimizer.zero_grad(set_to_none=True)
             with env.autocast():
                 loss = method(batch)
             loss.backward()
+            if host_work:
+                loss.item()
+                float(torch.nn.utils.clip_grad_norm_(trainable, tc.max_grad_norm))
             optimizer.step()
+            scheduler.step()
         common.sync(env.device)
         return time.perf_counter() - began
 
@@ -138,7 +151,7 @@ def main() -> None:
             return project_seconds(out / "run", args.skip, args.steps)
         return side
 
-    fns = {"minimal": minimal, "project": project(False), "project+bucket": project(True)}
+    fns = {"minimal": minimal, "minimal+host": lambda: minimal(host_work=True), "project": project(False), "project+bucket": project(True)}
     fns = {name: fns[name] for name in sides}
     print(f"timing {len(fns)} sides x {args.repeats} repeats of {args.steps} steps ({args.steps - args.skip} timed), interleaved ...")
     samples: dict[str, list[float]] = {name: [] for name in fns}

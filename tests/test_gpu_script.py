@@ -39,5 +39,21 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path):
         assert records[-1]["step"] == 2
     summary = (out / "SUMMARY.md").read_text()
     assert "MFU cot@k=2" in summary and "run coconut: 2 steps" in summary and "failed steps: none" in summary
+    assert "skipped steps (budget): none" in summary
+    assert "CUDA tests:" in summary and "skipped" in (out / "cuda_tests.log").read_text()  # no GPU here: collected, skipped
     commands = (out / "COMMAND.md").read_text()
     assert "bench_latent_step.py" in commands and "latentreason.cli train" in commands
+
+
+def test_gpu_script_budget_skips_what_does_not_fit(tmp_path):
+    """A budget too small for any step: every step is listed as skipped, none runs, and the exit status says so."""
+    out = tmp_path / "gpu"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry", "--budget", "1", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    skipped = (out / "SKIPPED").read_text().split()
+    assert skipped == ["cuda_tests", "latent_step", "train_loop", "run_cot", "run_coconut", "eval", "looped", "pretrain",
+                       "coconut_vs_reference", "coconut_head"]
+    assert not (out / "FAILED").exists() and [p.name for p in out.glob("*.json")] == ["env.json"]
+    assert "skipped steps (budget): cuda_tests, latent_step" in (out / "SUMMARY.md").read_text()

@@ -543,10 +543,34 @@ def distributed_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
-def compile_layers(method: LatentMethod) -> None:
-    """Regional compilation: compile each decoder layer once (fast to compile, reused across loops/passes)."""
-    for module in method.modules():
-        layers = getattr(module, "layers", None) or getattr(getattr(module, "transformer", None), "h", None)
-        if isinstance(layers, torch.nn.ModuleList):
-            for layer in layers:
-                layer.compile()
+def compile_layers(method: LatentMethod, backend: str = "inductor") -> None:
+    """Regional compilation: compile each decoder layer once (fast to compile, reused across loops/passes).
+
+    Layers called with a KV cache (multi-pass methods, decoding) would otherwise be specialised per layer index
+    and cache state (dynamo guards on `layer_idx` and on `cache.layers[i].is_initialized`): a 12-layer Coconut
+    needed 72 graphs, and past dynamo's limit of 8 variants per function it silently ran the rest eagerly (seen
+    on an H200, 2026-12-04). So the cache update runs eagerly, integer module attributes such as `layer_idx` are
+    not specialised, and the number of variants no longer grows with depth (tests/test_compile.py);
+    what is left (grad mode, static then dynamic shapes, optional arguments) fits a raised limit.
+    `backend`: torch.compile's (tests use "eager": the same graphs, no code generation).
+    """
+    keep_cache_updates_eager()
+    dynamo = torch._dynamo.config
+    dynamo.allow_unspec_int_on_nn_module = True
+    limit_name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    setattr(dynamo, limit_name, max(getattr(dynamo, limit_name), 32))
+    stacks = [getattr(module, "layers", None) or getattr(getattr(module, "transformer", None), "h", None) for module in method.modules()]
+    for layer in [layer for stack in stacks if isinstance(stack, torch.nn.ModuleList) for layer in stack]:
+        layer.compile(backend=backend)
+
+
+def keep_cache_updates_eager() -> None:
+    """Exclude transformers' KV-cache `update` methods from compilation (a graph break around a list append;
+    traced, they specialise every compiled layer on its index). Idempotent; eager execution is unchanged."""
+    import transformers.cache_utils as cache_utils
+
+    for cls in vars(cache_utils).values():
+        if isinstance(cls, type) and issubclass(cls, (cache_utils.Cache, cache_utils.CacheLayerMixin)) and "update" in vars(cls):
+            if not getattr(cls.update, "_latentreason_eager", False):
+                cls.update = torch.compiler.disable(cls.update)
+                cls.update._latentreason_eager = True

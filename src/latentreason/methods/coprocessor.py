@@ -212,6 +212,8 @@ class Coprocessor(CurriculumStages, LatentMethod):
         self.coprocessor_dims = ModelDims.of(self.coprocessor)
         # Frozen-Base variants start at stage 1: at stage 0 nothing they train is reached.
         self.start_curriculum(config, self.n_latents, first_stage=1 if self.variant in FROZEN_BASE_VARIANTS else 0)
+        # A Base already on a GPU: the parameters made here join it, so the probe pass below runs on one device.
+        self.to(next(self.model.parameters()).device)
         self._freeze_unreachable()
 
     def _freeze_unreachable(self) -> None:
@@ -225,7 +227,8 @@ class Coprocessor(CurriculumStages, LatentMethod):
         probe = EncodedExample(question_ids=[eos, eos], step_ids=[], answer_ids=[eos, eos], example=None)  # type: ignore[arg-type]
         stage, self.stage = self.stage, self.curriculum.final_stage if self.curriculum else 0  # every latent in use
         with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may build us under no_grad
-            self.loss(self.collate([probe])).backward()
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.collate([probe]).items()}
+            self.loss(batch).backward()
         self.stage = stage
         for parameter in self.coprocessor.parameters():
             if parameter.grad is None:
