@@ -110,15 +110,14 @@ def main() -> None:
     tc = cfg.train
     shapes: dict[str, list[dict[str, Any]]] = {}
     batches: dict[str, list[dict[str, Any]]] = {}
+    indices_by_key: dict[str, list[list[int]]] = {}
     for bucket in (False, True):
         key = "bucket" if bucket else "random"
-        indices = loop_batches(run, run_config(args, "unused", bucket))
+        indices = indices_by_key[key] = loop_batches(run, run_config(args, "unused", bucket))
         collated = [common.to_device(method.collate([run.train_set[i] for i in b]), env.device) for b in indices]
         batches[key] = collated
         shapes[key] = [{"useful": int(b["attention_mask"].sum()), "computed": b["attention_mask"].numel(), "T": b["attention_mask"].shape[1]}
                        for b in collated[args.skip:]]
-
-    random_indices = loop_batches(run, run_config(args, "unused", False))
 
     def minimal(host_work: bool = False) -> float:
         method.load_state_dict(initial)
@@ -131,7 +130,7 @@ def main() -> None:
                 common.sync(env.device)
                 began = time.perf_counter()
             if host_work:  # what optimizer_step() does besides the model: collate now, read loss and norm back
-                batch = common.to_device(method.collate([run.train_set[i] for i in random_indices[index]]), env.device)
+                batch = common.to_device(method.collate([run.train_set[i] for i in indices_by_key["random"][index]]), env.device)
             optimizer.zero_grad(set_to_none=True)
             with env.autocast():
                 loss = method(batch)

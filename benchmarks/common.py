@@ -28,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from latentreason.backbones import Backbone, build_backbone  # noqa: E402
+from latentreason.batching import to_device  # noqa: E402,F401  (common.to_device: the benchmarks' name for it)
 from latentreason.config import MethodConfig, ModelConfig  # noqa: E402
 from latentreason.methods import LatentMethod, build_method  # noqa: E402
 from latentreason.tables import markdown_table  # noqa: E402
@@ -132,10 +133,6 @@ def build(args: argparse.Namespace, env: Env, method: MethodConfig, examples: Se
 
         compile_layers(built)  # compiled on first call: keep --warmup >= 2 so it is not timed
     return built, encode_examples(backbone.tokenizer, examples), backbone
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- timing

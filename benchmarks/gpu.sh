@@ -99,17 +99,18 @@ time_left() {  # seconds of the budget left (a large number without a budget)
   if [ "$BUDGET" -gt 0 ]; then echo $((BUDGET - SECONDS)); else echo 999999; fi
 }
 
-selected() {  # selected NAME: true unless --only leaves NAME out
-  [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]
+runs() {  # runs NAME: false when --only leaves NAME out, or (recorded as skipped) when under 30 s of the budget is left
+  [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]] || return 1
+  local left; left=$(time_left)
+  if [ "$left" -lt 30 ]; then
+    echo "[0s] $1: skipped (${left}s of the budget left)"; echo "$1" >> "$OUT/SKIPPED"; return 1
+  fi
 }
 
 step() {  # step NAME CAP COMMAND...: run under min(CAP, budget left), log, record failures, never stop the script
   local name="$1" cap="$2"; shift 2
-  selected "$name" || return 0
+  runs "$name" || return 0
   local left; left=$(time_left)
-  if [ "$left" -lt 30 ]; then
-    echo "[0s] $name: skipped (${left}s of the budget left)"; echo "$name" >> "$OUT/SKIPPED"; return
-  fi
   [ "$left" -lt "$cap" ] && cap=$left
   echo "    $*" >> "$OUT/COMMAND.md"
   local began=$SECONDS
@@ -127,11 +128,9 @@ step() {  # step NAME CAP COMMAND...: run under min(CAP, budget left), log, reco
 run_training() {  # run_training METHOD: a training run on ProsQA, stopped after RUN_SECONDS (SIGINT: the loop
   # checkpoints and stops); its metrics.jsonl holds steps, loss and elapsed time. The dry run stops after
   # max_steps and evaluates.
-  local method="$1" left; left=$(time_left)
-  selected "run_$method" || return 0
-  if [ "$left" -lt 30 ]; then
-    echo "[0s] run_$method: skipped (${left}s of the budget left)"; echo "run_$method" >> "$OUT/SKIPPED"; return
-  fi
+  local method="$1"
+  runs "run_$method" || return 0
+  local left; left=$(time_left)
   local seconds=$RUN_SECONDS; [ "$left" -lt $((seconds + 20)) ] && seconds=$((left - 20))
   local extra=(method.name=$method)
   if [ "$method" = coconut ]; then extra+=(method.n_latents=6 train.init_from=null); fi

@@ -10,22 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_method_contract import CORPUS, EXAMPLES, MAX_NEW_TOKENS, method_config
+from test_method_contract import MAX_NEW_TOKENS, build, method_config
 from torch._dynamo.utils import counters
 
-from latentreason.backbones import build_backbone
-from latentreason.config import ModelConfig
-from latentreason.methods import method_class
-from latentreason.tokenization import encode_examples
 from latentreason.training import compile_layers
-
-
-def build(name, section, n_layer):
-    torch.manual_seed(0)
-    backbone = build_backbone(ModelConfig(backbone="llama-tiny", n_layer=n_layer, n_embd=32, n_head=2), corpus=CORPUS)
-    method = method_class(name)(backbone, method_config(name, section))
-    method.set_epoch(100)
-    return method, encode_examples(backbone.tokenizer, EXAMPLES)
 
 
 def train_step_and_decode(method, encoded):
@@ -50,7 +38,7 @@ def test_compiled_variants_do_not_grow_with_depth(fresh_dynamo, name, section):
     for n_layer in (2, 4):
         torch._dynamo.reset()
         counters.clear()
-        method, encoded = build(name, section, n_layer)
+        method, encoded = build(name, method_config(name, section), n_layer=n_layer)
         compile_layers(method, backend="eager")
         train_step_and_decode(method, encoded)
         graphs[n_layer] = counters["stats"]["unique_graphs"]
@@ -58,8 +46,8 @@ def test_compiled_variants_do_not_grow_with_depth(fresh_dynamo, name, section):
 
 
 def test_compiled_layers_compute_what_eager_layers_do(fresh_dynamo):
-    eager, encoded = build("coconut", {"n_latents": 2}, 2)
-    compiled, _ = build("coconut", {"n_latents": 2}, 2)
+    eager, encoded = build("coconut", method_config("coconut", {"n_latents": 2}))
+    compiled, _ = build("coconut", method_config("coconut", {"n_latents": 2}))
     compile_layers(compiled, backend="eager")
     expected_loss, expected_answers = train_step_and_decode(eager, encoded)
     loss, answers = train_step_and_decode(compiled, encoded)

@@ -17,13 +17,11 @@ import math
 import pytest
 import torch
 from test_foundation import tiny_run
-from test_method_contract import CASES, CORPUS, EXAMPLES, MAX_NEW_TOKENS, build, case_id, method_config, tiny_backbone
+from test_method_contract import CASES, MAX_NEW_TOKENS, build, case_id, method_config, tiny_backbone
 
 import helpers
-from latentreason.backbones import build_backbone
-from latentreason.config import ModelConfig
+from latentreason.batching import to_device
 from latentreason.methods import method_class
-from latentreason.tokenization import encode_examples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -36,10 +34,6 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def to_device(batch, device):
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -101,13 +95,10 @@ def test_compiled_layers_with_a_cache_stay_compiled_at_twelve_layers(section):
     cache state; past its recompile limit it would quietly fall back to eager. Made to raise instead."""
     from latentreason.training import compile_layers
 
-    torch.manual_seed(0)
-    backbone = build_backbone(ModelConfig(backbone="llama-tiny", n_layer=12, n_embd=32, n_head=2), corpus=CORPUS)
-    config = method_config(section["name"], {k: v for k, v in section.items() if k != "name"})
-    method = method_class(section["name"])(backbone, config).to(CUDA)
-    method.set_epoch(100)
+    name = section["name"]
+    method, encoded = build(name, method_config(name, {k: v for k, v in section.items() if k != "name"}), n_layer=12)
+    method.to(CUDA)
     compile_layers(method)
-    encoded = encode_examples(backbone.tokenizer, EXAMPLES)
     dynamo = torch._dynamo.config
     flag = "fail_on_recompile_limit_hit" if hasattr(dynamo, "fail_on_recompile_limit_hit") else "fail_on_cache_limit_hit"
     before = getattr(dynamo, flag)

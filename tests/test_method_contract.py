@@ -75,13 +75,13 @@ def method_config(name: str, section: dict[str, Any]) -> MethodConfig:
     return from_dict(MethodConfig, {"name": name, **section}, prefix="method.")
 
 
-def tiny_backbone(seed: int, backbone: str = "llama-tiny"):
+def tiny_backbone(seed: int, backbone: str = "llama-tiny", n_layer: int = 2):
     torch.manual_seed(seed)
-    return build_backbone(ModelConfig(backbone=backbone, n_layer=2, n_embd=32, n_head=2), corpus=CORPUS)
+    return build_backbone(ModelConfig(backbone=backbone, n_layer=n_layer, n_embd=32, n_head=2), corpus=CORPUS)
 
 
-def build(name: str, config: MethodConfig, seed: int = 0, backbone: str = "llama-tiny"):
-    bb = tiny_backbone(seed, backbone)
+def build(name: str, config: MethodConfig, seed: int = 0, backbone: str = "llama-tiny", n_layer: int = 2):
+    bb = tiny_backbone(seed, backbone, n_layer)
     torch.manual_seed(seed)
     method = method_class(name)(bb, config)
     method.set_epoch(100)  # a curriculum's final stage (the layout evaluation uses)

@@ -3,7 +3,7 @@ on ProsQA, benchmarks/bench_train.py)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -46,3 +46,8 @@ def bucket_by_length(order: list[int], lengths: Sequence[int], batch: int, windo
         shuffle = torch.randperm(len(full), generator=torch.Generator().manual_seed(order[lo])).tolist()
         out += [i for k in shuffle for i in full[k]] + [i for b in batches if len(b) < batch for i in b]
     return out
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch with its tensors on `device` (other entries, e.g. Python lists, as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

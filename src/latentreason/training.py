@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from latentreason import checkpoint as ckpt
 from latentreason.backbones import TINY_BACKBONES, build_backbone
-from latentreason.batching import bucket_by_length, epoch_order, example_length
+from latentreason.batching import bucket_by_length, epoch_order, example_length, to_device
 from latentreason.config import RunConfig, TrainConfig, deep_merge, read_yaml, save_config, to_dict
 from latentreason.curves import json_line, learning_curve_step, plot_baselines, plot_learning_curves
 from latentreason.data import ExampleStream, load_splits, stream_enabled, vocabulary_texts
@@ -422,7 +422,7 @@ def optimizer_step(loop: Loop, examples: Sequence[Any], step_ids: list[int], epo
     for micro in range(tc.grad_accum):
         start = (micro * accelerator.num_processes + accelerator.process_index) * tc.batch_size
         batch = loop.run.trained.collate([examples[i] for i in step_ids[start: start + tc.batch_size]])
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = to_device(batch, accelerator.device)
         sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(loop.model)
         with sync, accelerator.autocast():
             loss = loop.model(batch) / tc.grad_accum

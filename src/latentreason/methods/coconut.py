@@ -37,6 +37,7 @@ import torch
 from transformers import DynamicCache
 
 from latentreason.backbones import Backbone, body, lm_forward, new_cache
+from latentreason.batching import to_device
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import prefix_decode_flops
@@ -219,7 +220,7 @@ class Coconut(LatentMethod):
     def prompt_batch(self, examples: Sequence[EncodedExample]) -> tuple[dict[str, Any], list[Plan]]:
         plans = self.eval_plans(examples)
         batch = self.layout(examples, plans, with_targets=False)
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}, plans
+        return to_device(batch, self.device), plans
 
     @torch.no_grad()
     def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:

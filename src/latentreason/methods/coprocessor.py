@@ -63,6 +63,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from latentreason.backbones import Backbone, body, count_parameters, lm_forward, new_cache
+from latentreason.batching import to_device
 from latentreason.config import MethodConfig
 from latentreason.errors import UserInputError
 from latentreason.flops import ModelDims, decode_flops, forward_flops
@@ -227,8 +228,7 @@ class Coprocessor(CurriculumStages, LatentMethod):
         probe = EncodedExample(question_ids=[eos, eos], step_ids=[], answer_ids=[eos, eos], example=None)  # type: ignore[arg-type]
         stage, self.stage = self.stage, self.curriculum.final_stage if self.curriculum else 0  # every latent in use
         with torch.random.fork_rng(devices=[]), torch.enable_grad():  # callers may build us under no_grad
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.collate([probe]).items()}
-            self.loss(batch).backward()
+            self.loss(to_device(self.collate([probe]), self.device)).backward()
         self.stage = stage
         for parameter in self.coprocessor.parameters():
             if parameter.grad is None:
