@@ -155,3 +155,25 @@ def test_eval_json_splits_accuracy_by_reasoning_steps(tmp_path):
 def test_eval_json_has_no_split_when_every_example_has_the_same_depth(tmp_path):
     train(curve_run(tmp_path, "train.epochs=1", "train.eval_every=0"), progress=False)
     assert "accuracy_by_steps" not in json.loads((tmp_path / "run" / "eval.json").read_text())
+
+
+def test_on_fresh_data_the_train_sample_is_what_was_just_trained_on(tmp_path, monkeypatch):
+    """Under a stream curriculum the first training examples belong to the first phase; the curve's
+    train sample must be the latest ones instead (here: the last 4 of the 6 x 8 examples read by step 6)."""
+    import latentreason.curves as curves
+    from latentreason.data import ExampleStream
+
+    scored: list[list] = []
+    real_curve_point = curves.curve_point
+
+    def spy(method, task, eval_examples, train_examples, *args):
+        scored.append([e.example for e in train_examples])
+        return real_curve_point(method, task, eval_examples, train_examples, *args)
+
+    monkeypatch.setattr(curves, "curve_point", spy)
+    cfg = curve_run(tmp_path, "task.stream_curriculum=[{examples: 32, params: {n_nodes: 4, min_depth: 1, max_depth: 1}}]")
+    train(cfg, progress=False)
+    stream = ExampleStream(cfg.task, prefetch=False)
+    expected = {step: stream.examples(step * 8 - 4, 4) for step in (3, 6, 8)}
+    assert scored == [expected[3], expected[6], expected[8]]
+    assert all(len(e.question) > len(expected[3][0].question) for e in expected[6])  # past the 4-node phase

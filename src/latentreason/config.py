@@ -141,7 +141,9 @@ class TrainConfig:
     eval_every_size: NonNegativeInt = 0
     """Learning curves: score only the first N eval examples each time, for speed (0: the whole eval split)."""
     eval_train_size: NonNegativeInt = 64
-    """Learning curves: also score the first N examples of the training split (0: skip)."""
+    """Learning curves: also score N training examples (0: skip): the first N of a fixed training split; on
+    fresh data (task.stream) the last N the loop trained on, so that under a stream curriculum they come
+    from the current phase, not the first."""
     early_stop_patience: NonNegativeInt = 0
     """Stop training after this many periodic evaluations in a row without a new best eval accuracy
     (needs eval_every > 0; 0: never stop early). The final weights are the last ones, not the best."""
