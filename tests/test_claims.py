@@ -139,3 +139,27 @@ def test_matched_controls_are_paired_over_seeds_within_each_sweep(tmp_path) -> N
     rows = [line for line in controls.splitlines() if line.startswith("| ") and "soft_tokens" in line]
     assert [line.split(" | ")[0] for line in rows] == ["| answer_only", "| curriculum"]
     assert all("| 2 | +0.100 ± 0.000 | +0.050 / +0.000 |" in line for line in rows)
+
+
+def test_single_run_folders_join_the_claims(tmp_path) -> None:
+    """Baselines trained outside any sweep (one folder per run) are read as rows: No-CoT at b = 3 and b = 4 over
+    three seeds pair into the branching claim; a folder that is neither a sweep nor a finished run is refused."""
+    import json
+
+    import yaml
+
+    runs = []
+    for branching, accuracy in ((3, 0.66), (4, 0.20)):
+        for seed in range(3):
+            folder = tmp_path / f"b{branching}_no_cot_seed{seed}"
+            folder.mkdir()
+            config = {"method": {"name": "no_cot"}, "task": {"name": "countdown", "branching": branching, "seed": seed}, "train": {"seed": seed}}
+            (folder / "config.yaml").write_text(yaml.safe_dump(config))
+            (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy + 0.01 * seed, "accuracy_ci95": [0.0, 1.0], "shortcut_ceiling": 0.05}))
+            runs.append(folder)
+    text = write_claims(runs, out=tmp_path / "paper_claims.md")
+    [line] = [line for line in text.splitlines() if "no_cot N_L=0 b=3" in line]
+    assert "| answer-only |" in line and "| 3 | +0.460" in line and line.endswith("| a > b |")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="neither a sweep folder"):
+        write_claims([tmp_path / "empty"])

@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("claims", help="the paper's claims decided from one or more sweeps' cells (paper_claims.md)")
-    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-    p.add_argument("--out", help="file to write (default: the first SWEEP_DIR/paper_claims.md)")
+    p.add_argument("sweep_dirs", nargs="+", metavar="DIR", help="a sweep folder (its runs/ cells) or one finished run folder")
+    p.add_argument("--out", help="file to write (default: the first DIR/paper_claims.md)")
     p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("export", help="write a finished run as a Hugging Face directory (safetensors, tokenizer, model card)")
