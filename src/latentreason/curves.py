@@ -129,10 +129,10 @@ def plot_learning_curves(run_dir: str | Path, baselines: dict[str, float | None]
 
 
 def learning_curve_step(accelerator, model, run, state: dict, epoch: int, metrics_file, baselines: dict[str, float | None],
-                        train_sample: Sequence | None = None) -> bool:
+                        train_sample: Sequence[EncodedExample]) -> bool:
     """One periodic evaluation inside the training loop: an eval row in metrics.jsonl, the tracker, the plot,
     and the early-stop decision (True = stop), identical on every process. `train_sample` is what
-    `train_accuracy` scores (default: the first train.eval_train_size training examples).
+    `train_accuracy` scores (training.curve_train_sample).
 
     Only the main process evaluates (the unwrapped model, no collectives); under FSDP2 the weights are
     shards, so periodic evaluation is skipped there.
@@ -142,7 +142,7 @@ def learning_curve_step(accelerator, model, run, state: dict, epoch: int, metric
     if accelerator.is_main_process and not accelerator.is_fsdp2:
         eval_examples = run.eval_set[: tc.eval_every_size] if tc.eval_every_size else run.eval_set
         record = {"step": state["global_step"], "epoch": epoch, **curve_point(
-            accelerator.unwrap_model(model), run.task, eval_examples, run.train_set[: tc.eval_train_size] if train_sample is None else train_sample,
+            accelerator.unwrap_model(model), run.task, eval_examples, train_sample,
             run.config.eval.batch_size, run.config.eval.max_new_tokens)}
         stop = early_stop_update(state, record["eval_accuracy"], tc.early_stop_patience)
         if stop:

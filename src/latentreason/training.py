@@ -156,11 +156,13 @@ def epoch_examples(run: Run, tc: TrainConfig, epoch: int, per_epoch: int) -> tup
     return held, bucket_by_length(list(range(per_epoch)), [example_length(e) for e in held], tc.batch_size)
 
 
-def recently_trained(run: Run, examples: Sequence[EncodedExample], trained_order: list[int], size: int) -> list[EncodedExample] | None:
-    """On fresh data, the last `size` examples this epoch trained on (what the learning curve's train sample
-    scores: a stream curriculum's current phase); None on a fixed split (its first examples are scored)."""
-    if run.train_stream is None or not size:
-        return None
+def curve_train_sample(run: Run, examples: Sequence[EncodedExample], trained_order: list[int], size: int) -> list[EncodedExample]:
+    """What the learning curve's `train_accuracy` scores: the first `size` examples of a fixed split, or on
+    fresh data the last `size` this epoch trained on (under a stream curriculum, the current phase's)."""
+    if not size:
+        return []
+    if run.train_stream is None:
+        return list(run.train_set[:size])
     return [examples[i] for i in trained_order[-size:]]
 
 
@@ -393,8 +395,8 @@ def run_steps(loop: Loop, progress: bool, stop_after_steps: int | None, stop: St
                 bar.set_postfix(loss=f"{loss:.4f}")
                 log_step(loop, epoch, loss, grad_norm)
                 if tc.eval_every and (state["global_step"] % tc.eval_every == 0 or state["global_step"] == loop.total_steps):
-                    recent = recently_trained(run, examples, order[: (step_in_epoch + 1) * per_step], tc.eval_train_size)
-                    if learning_curve_step(accelerator, loop.model, run, state, epoch, loop.metrics_file, loop.curve_baselines, recent):
+                    sample = curve_train_sample(run, examples, order[: (step_in_epoch + 1) * per_step], tc.eval_train_size)
+                    if learning_curve_step(accelerator, loop.model, run, state, epoch, loop.metrics_file, loop.curve_baselines, sample):
                         state["early_stopped"] = True  # checkpointed: a resumed run stops too
                 at_epoch_end = state["step_in_epoch"] == 0
                 if (tc.checkpoint_every and state["global_step"] % tc.checkpoint_every == 0) or at_epoch_end:
