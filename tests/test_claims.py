@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from latentreason.claims import accuracy_claims, compare, geometry_claims, is_arm, regime, write_claims
+from latentreason.errors import UserInputError
 
 
 def row(run: str, method: str, accuracy: float, seed: int, n_latents: int = 4, start: str = "cot", **keys) -> dict:
@@ -65,6 +66,31 @@ def test_accuracy_falls_with_branching_pairs_seeds_across_tasks() -> None:
     rows += [row(f"cot_b4_{s}", "cot", 0.03 + 0.01 * s, s, n_latents=0, curriculum=False, branching=4) for s in range(3)]
     found = claim(accuracy_claims(rows), "Accuracy falls")
     assert found.verdict() == "reproduced" and found.comparisons[0].differences == pytest.approx([0.67] * 3)
+
+
+def test_branching_pairs_starts_with_starts_and_continued_cells_with_continued_ones() -> None:
+    """A CoT model trained from scratch and the same model continued 1,000 steps (the curriculum's control) are
+    both "cot N_L=0" at one seed: each b's start pairs with the other b's start, each continued cell with the
+    other continued cell, never a start with a continued cell."""
+    rows = []
+    for b, start, continued in ((3, 0.70, 0.73), (4, 0.16, 0.17)):
+        for s in range(3):
+            rows.append(row(f"b{b}_cot_seed{s}", "cot", start + 0.01 * s, s, n_latents=0, curriculum=False, branching=b,
+                            **{"train.init_from": None, "train.max_steps": 4000}))
+            rows.append(row(f"cot_b{b}_seed-{s}", "cot", continued + 0.01 * s, s, n_latents=0, curriculum=False, branching=b,
+                            **{"train.max_steps": 1000}))
+    comparisons = {c.setting: c for c in claim(accuracy_claims(rows), "Accuracy falls").comparisons}
+    assert set(comparisons) == {"countdown b=3 vs b=4", "countdown b=3 vs b=4, continued"}
+    assert comparisons["countdown b=3 vs b=4"].differences == pytest.approx([0.54] * 3)
+    assert comparisons["countdown b=3 vs b=4, continued"].differences == pytest.approx([0.56] * 3)
+
+
+def test_two_cells_of_one_arm_at_one_seed_and_start_are_refused() -> None:
+    """Picking one of them (e.g. the first by run name) would let run names decide the verdict."""
+    rows = [dual("h1_0", "h1", 0.7, 0), dual("h1_0_again", "h1", 0.5, 0, out_dir="sweep_b/runs/h1_0_again"),
+            dual("liu_0", "liu", 0.5, 0)]
+    with pytest.raises(UserInputError, match="h1_0 and sweep_b/runs/h1_0_again are both coprocessor-h1 N_L=4"):
+        accuracy_claims(rows)
 
 
 def test_a_cot_cell_is_labelled_cot_not_answer_only() -> None:

@@ -221,3 +221,29 @@ def test_curriculum_cells_of_any_thoughts_per_step_share_the_n_latents_zero_cont
             entry = by(gains, **{"method.name": method, "method.n_latents": n_latents})
             assert entry["seeds"] == 2 and entry["control"].endswith("N_L=0")
             assert entry["gain_mean"] == pytest.approx(acc - 0.58)
+
+
+def test_a_start_written_relative_to_the_training_directory_is_found_from_any_directory(tmp_path, monkeypatch) -> None:
+    """Configs record train.init_from relative to where training ran (e.g. results/recipe/no_cot_seed0): a report
+    made from another directory (inside results/) must still find that start, not call the control missing."""
+    import json
+
+    import yaml
+
+    from latentreason.results import collect
+
+    def write_run(folder, config: dict, accuracy: float) -> None:
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+
+    task = {"name": "prosqa", "seed": 0, "eval_size": 500}
+    write_run(tmp_path / "results/recipe/no_cot_seed0", {"method": {"name": "no_cot"}, "task": task}, 0.60)
+    cell = "coprocessor_variant-liu_seed-0"
+    write_run(tmp_path / "results/sweep/runs" / cell, {
+        "out_dir": f"results/sweep/runs/{cell}", "task": task, "train": {"seed": 0, "init_from": "results/recipe/no_cot_seed0"},
+        "method": {"name": "coprocessor", "n_latents": 4, "coprocessor": {"variant": "liu"}}}, 0.62)
+    for here, sweep in ((tmp_path, "results/sweep"), (tmp_path / "results", "sweep"), (tmp_path / "results/recipe", "../sweep")):
+        monkeypatch.chdir(here)
+        [entry] = control_gains(collect(sweep))
+        assert entry["control"] == "no_cot" and entry["gain_mean"] == pytest.approx(0.02), here

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from latentreason.errors import UserInputError
 from latentreason.methods.coprocessor import FROZEN_BASE_VARIANTS, VARIANTS, Coprocessor
 from latentreason.methods.soft_tokens import SoftTokens
 from latentreason.results import (
@@ -160,20 +161,41 @@ def _by_seed(row: dict[str, Any]) -> Any:
     return row.get("train.seed")
 
 
+def _where(row: dict[str, Any]) -> str:
+    return str(row.get("out_dir") or row["run"])
+
+
+def _started_from_a_run(row: dict[str, Any]) -> bool:
+    return bool(row.get("pretrained_from") or row.get("train.init_from"))
+
+
+def _seed_and_budget(row: dict[str, Any]) -> tuple:
+    """A branching pair: the same seed, both trained from scratch or both continued, for the same budget. The
+    starts differ by task, so they cannot be part of the key; a CoT model trained from scratch and the same
+    model continued 1,000 steps (a curriculum's control) are two different cells at one seed."""
+    return row.get("train.seed"), _started_from_a_run(row), row.get("train.max_steps"), row.get("train.epochs")
+
+
 def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], *,
            group: Callable[[dict], tuple], pair: Callable[[dict], Any] = _pair_key, key: str = "accuracy",
            names: Callable[[dict, dict], tuple[str, str]] | None = None, only_a_must_learn: bool = False) -> list[Comparison]:
     """Paired a - b in `key`: one Comparison per `group(row)` = (setting label, regime label, *more) where both
-    arms have cells with the same `pair(row)`; the first cell by run name when an arm has several for one key.
-    `names(first a cell, first b cell)` labels the two arms (default: arm_name of each). A cell of either arm
-    that learned nothing makes the comparison undecidable, or only of arm a when `only_a_must_learn`."""
+    arms have cells with the same `pair(row)`. Two cells of one arm with the same group and pair key are refused
+    (UserInputError naming both): picking one would make the verdict depend on run names, so `pair` must tell
+    them apart. `names(first a cell, first b cell)` labels the two arms (default: arm_name of each). A cell of
+    either arm that learned nothing makes the comparison undecidable, or only of arm a when `only_a_must_learn`."""
     sides: dict[tuple, tuple[dict, dict]] = {}
     for r in sorted(rows, key=lambda r: r["run"]):
         if r.get(key) is None:
             continue
         for side, wanted in enumerate((a, b)):
             if wanted(r):
-                sides.setdefault(group(r), ({}, {}))[side].setdefault(pair(r), r)
+                cells = sides.setdefault(group(r), ({}, {}))[side]
+                other = cells.setdefault(pair(r), r)
+                if other is not r:
+                    raise UserInputError(
+                        f"claims: {_where(other)} and {_where(r)} are both {arm_name(r)} in {' / '.join(map(str, group(r)))} "
+                        f"with the same seed and start {pair(r)}: pass only one of them (e.g. one sweep folder per run)")
     out = []
     for g, (side_a, side_b) in sorted(sides.items(), key=lambda item: tuple(map(str, item[0]))):
         pairs = [(side_a[k], side_b[k]) for k in side_a if k in side_b]
@@ -292,11 +314,15 @@ def accuracy_claims(rows: list[dict[str, Any]]) -> list[Claim]:
 
 
 def _across_branching(rows: list[dict[str, Any]], label: str, n: int, low: int, high: int) -> list[Comparison]:
-    """Accuracy at branching `low` minus at `high`, per regime, paired by seed only (the starts differ by task).
-    A collapse to chance at the larger b is the finding here, so only the smaller b must have learned."""
+    """Accuracy at branching `low` minus at `high`, per regime and per kind of cell (trained from scratch, or
+    continued from a start), paired by seed and budget (the starts differ by task). A collapse to chance at the
+    larger b is the finding here, so only the smaller b must have learned."""
     def at(b: int) -> Callable[[dict], bool]:
         return lambda r: r.get("task.name") == "countdown" and int(r["task.branching"]) == b and arm(r) == (label, n)
-    return paired(rows, at(low), at(high), group=lambda r: (f"countdown b={low} vs b={high}", regime(r)), pair=_by_seed,
+
+    def group(r: dict) -> tuple:
+        return f"countdown b={low} vs b={high}" + (", continued" if _started_from_a_run(r) else ""), regime(r)
+    return paired(rows, at(low), at(high), group=group, pair=_seed_and_budget,
                   names=lambda x, y: (f"{label} N_L={n} b={low}", f"b={high}"), only_a_must_learn=True)
 
 

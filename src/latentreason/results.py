@@ -30,7 +30,7 @@ SEED_FOLLOWING_KEYS = ("task.seed", "train.init_from")
 """Keys a sweep may vary together with the seed: the data seed (each training seed with its own data) and the
 run a cell starts from (seed s starts from the seed-s No-CoT run). Counted as seeds when they vary only with
 the seed (`_follows_seed`), as configuration axes otherwise (e.g. the same seed started from cot and no_cot)."""
-NOT_AXES = ("run", "out_dir")
+NOT_AXES = ("run", "out_dir", "run_dir")
 """Per-cell names, never a configuration."""
 STANDARD_KEYS = ("task.name", "task.branching", "method.name", "method.n_latents")
 """Always in an aggregated entry (the report's setting, method and N_L come from them)."""
@@ -75,7 +75,22 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
     config = flatten(read_yaml(run_dir / "config.yaml"))
     summary = json.loads((run_dir / "eval.json").read_text())
     done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
-    return {"run": run_dir.name, **config, **summary, "train_seconds": done.get("train_seconds"), "eval_curve": eval_curve(run_dir)}
+    return {"run": run_dir.name, "run_dir": str(run_dir), **config, **summary, "train_seconds": done.get("train_seconds"),
+            "eval_curve": eval_curve(run_dir)}
+
+
+def recorded_path(row: dict[str, Any], written: str) -> Path:
+    """A path a run's config recorded (e.g. train.init_from), as seen from here. Paths are written relative to the
+    directory training ran in; read from elsewhere (a report made inside results/) they would name nothing, so a
+    relative path that does not exist here is taken against that directory, found by removing the recorded
+    out_dir from the end of the run folder's real path."""
+    path = Path(written)
+    if path.is_absolute() or path.exists() or not row.get("run_dir") or not row.get("out_dir"):
+        return path
+    real, recorded = Path(row["run_dir"]).resolve().parts, Path(str(row["out_dir"])).parts
+    if ".." in recorded or len(recorded) >= len(real) or real[len(real) - len(recorded):] != recorded:
+        return path
+    return Path(*real[: len(real) - len(recorded)]) / path
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -431,9 +446,10 @@ def _start_outside(row: dict[str, Any], read: dict[str, dict[str, Any] | None]) 
     """The finished run a frozen-Base cell's Base comes from when it is not a cell of the sweep (e.g. a committed
     recipe model), read from its own folder (once per folder: `read` keeps what was read), if it was scored on the
     cell's eval examples; else None."""
-    folder = frozen_base_start(row)
-    if folder is None:
+    written = frozen_base_start(row)
+    if written is None:
         return None
+    folder = str(recorded_path(row, written))
     if folder not in read:
         read[folder] = run_row(Path(folder))
     start = read[folder]
