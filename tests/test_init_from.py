@@ -88,3 +88,24 @@ def test_no_warning_when_the_base_is_trained_or_trainable(start_run, capsys):
     for overrides in cases:
         assert warn_random_frozen_base(load_config(None, overrides)) is None
     assert capsys.readouterr().err == ""
+
+
+def test_a_no_latent_control_starts_from_a_run_with_latent_slots(tmp_path, monkeypatch) -> None:
+    """H2's matched control (N_L = 0) must start from the same run as its latent cell, e.g. a pretraining cell with
+    N_L soft tokens: it takes that run's Base and Coprocessor and leaves the slots it does not have."""
+    from latentreason import checkpoint as ckpt
+    from latentreason.training import build_run
+
+    monkeypatch.setenv("LATENTREASON_DATA_CACHE", str(tmp_path / "cache"))
+    h2 = ["method.name=coprocessor", "method.coprocessor.variant=h2"]
+    start = tmp_path / "h2_nl2"
+    train(load_config(None, [*TINY, *h2, "method.n_latents=2", f"out_dir={start}"]), progress=False)
+    saved = ckpt.read_weights(ckpt.weights_path(start), remedy="")
+    control = build_run(load_config(None, [*TINY, *h2, "method.n_latents=0", f"train.init_from={start}", f"out_dir={tmp_path / 'c'}"]))
+    loaded = control.method.state_dict()
+    assert tuple(saved["soft_tokens"].shape)[0] == 2 and tuple(loaded["soft_tokens"].shape)[0] == 0
+    shared = [k for k in saved if k != "soft_tokens"]
+    assert shared and all(k in loaded and loaded[k].equal(saved[k]) for k in shared)
+    # Other shape mismatches are still refused: more slots here than there is not a control.
+    with pytest.raises(Exception, match="weights do not fit this model: soft_tokens"):
+        build_run(load_config(None, [*TINY, *h2, "method.n_latents=3", f"train.init_from={start}", f"out_dir={tmp_path / 'd'}"]))

@@ -158,7 +158,8 @@ EXAMPLE_SWEEP = Path(__file__).resolve().parents[1] / "configs" / "pretrain_then
 
 def test_example_sweep_resolves_each_finetuning_cell_to_its_own_variants_pretraining_cell():
     """configs/pretrain_then_finetune_sweep.yaml: the pretraining cells start from the No-CoT cell, and each
-    fine-tuning cell from the pretraining cell of its variant (the references skip each other's references)."""
+    fine-tuning cell from the pretraining cell of its variant (the references skip each other's references), H2's
+    N_L = 0 control too."""
     from latentreason.sweep import expand, read_sweep, resolve_cells
 
     sweep = read_sweep(EXAMPLE_SWEEP)
@@ -168,11 +169,11 @@ def test_example_sweep_resolves_each_finetuning_cell_to_its_own_variants_pretrai
     objectives = {name: cfg.train.objective for name, (cfg, _) in resolved.items()}
     pretraining = sorted(name for name, objective in objectives.items() if objective == "pretrain")
     assert len(pretraining) == 3 and {starts[name] for name in pretraining} == {"no_cot_seed-0"}
-    for variant in ("liu", "h1", "h2"):
+    for variant, n_latents in (("liu", 2), ("h1", 2), ("h2", 2), ("h2", 0)):
         (finetune,) = [n for n, (cfg, _) in resolved.items() if cfg.train.objective == "task" and cfg.method.name == "coprocessor"
-                       and cfg.method.coprocessor.variant == variant]
+                       and cfg.method.coprocessor.variant == variant and cfg.method.n_latents == n_latents]
         start = resolved[starts[finetune]][0]
-        assert start.train.objective == "pretrain" and start.method.coprocessor.variant == variant
+        assert start.train.objective == "pretrain" and start.method.coprocessor.variant == variant and start.method.n_latents == 2
 
 
 TWO_CELLS = """

@@ -126,11 +126,20 @@ def load_weights(method: LatentMethod, path: Path, strict: bool = True) -> None:
     if not path.exists():
         raise UserInputError("no final weights to load (did that run finish?)", path=str(path))
     state = ckpt.read_weights(path, remedy=f"delete {path.parent} and train that run again")
-    check_weight_shapes(method.state_dict(), state, path)
+    own = method.state_dict()
+    state = {key: value for key, value in state.items() if not _slots_this_run_lacks(own.get(key), value)}
+    check_weight_shapes(own, state, path)
     missing, unexpected = method.load_state_dict(state, strict=False)
     model_missing = [k for k in missing if k.startswith("model.")]
     if (strict and (missing or unexpected)) or model_missing:
         raise UserInputError(f"weights do not match method {method.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}", path=str(path))
+
+
+def _slots_this_run_lacks(own: torch.Tensor | None, loaded: torch.Tensor) -> bool:
+    """A per-slot table (one row per latent slot, e.g. soft tokens) that this run has with zero rows: a no-latent
+    control (N_L = 0) started from the same run as its latent cell, e.g. a pretraining cell, takes the rest of
+    that run and leaves its slots, which it has nowhere to put."""
+    return own is not None and own.dim() == loaded.dim() >= 1 and own.shape[0] == 0 < loaded.shape[0] and own.shape[1:] == loaded.shape[1:]
 
 
 def atomic_save(obj: Any, path: Path) -> None:
