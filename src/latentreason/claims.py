@@ -154,7 +154,12 @@ class Comparison:
 def _pair_key(row: dict[str, Any]) -> tuple:
     """Seed and start; a pretrained cell's start is the run its pretraining cell started from, which the
     variants share (each variant pretrains its own Coprocessor)."""
-    return row.get("train.seed"), row.get("task.seed"), str(row.get("pretrained_from") or row.get("train.init_from"))
+    return row.get("train.seed"), row.get("task.seed"), str(_start(row))
+
+
+def _start(row: dict[str, Any]) -> Any:
+    """The run a cell starts from; for a cell started from a pretraining cell, the run that pretraining started from."""
+    return row.get("pretrained_from") or row.get("train.init_from")
 
 
 def _by_seed(row: dict[str, Any]) -> Any:
@@ -166,7 +171,7 @@ def _where(row: dict[str, Any]) -> str:
 
 
 def _started_from_a_run(row: dict[str, Any]) -> bool:
-    return bool(row.get("pretrained_from") or row.get("train.init_from"))
+    return bool(_start(row))
 
 
 def _seed_and_budget(row: dict[str, Any]) -> tuple:
@@ -190,12 +195,12 @@ def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[d
             continue
         for side, wanted in enumerate((a, b)):
             if wanted(r):
-                cells = sides.setdefault(group(r), ({}, {}))[side]
-                other = cells.setdefault(pair(r), r)
+                g, k = group(r), pair(r)
+                other = sides.setdefault(g, ({}, {}))[side].setdefault(k, r)
                 if other is not r:
                     raise UserInputError(
-                        f"claims: {_where(other)} and {_where(r)} are both {arm_name(r)} in {' / '.join(map(str, group(r)))} "
-                        f"with the same seed and start {pair(r)}: pass only one of them (e.g. one sweep folder per run)")
+                        f"claims: {_where(other)} and {_where(r)} are both {arm_name(r)} in {' / '.join(map(str, g))} "
+                        f"with the same seed and start {k}: pass only one of them (e.g. one sweep folder per run)")
     out = []
     for g, (side_a, side_b) in sorted(sides.items(), key=lambda item: tuple(map(str, item[0]))):
         pairs = [(side_a[k], side_b[k]) for k in side_a if k in side_b]
