@@ -57,8 +57,13 @@ def test_two_cells_that_differ_only_in_their_start_are_refused() -> None:
                       {"method.name": ["soft_tokens"], "train.init_from": ["{cell:method.name=cot}"]}]
     with pytest.raises(UserInputError, match="two cells get the run dir runs/soft_tokens_seed-0"):
         expand(sweep_of([{"method.name": ["no_cot", "cot"]}, *same_but_start], grid={"train.seed": [0]}))
-    same_but_start[1]["train.epochs"] = [3]  # a key that tells them apart
-    assert len(expand(sweep_of(same_but_start))) == 2
+    same_but_start[1]["tag"] = ["from-cot"]  # a label that tells them apart and changes nothing they train
+    sweep = sweep_of([{"method.name": ["no_cot", "cot"]}, *same_but_start], grid={"train.seed": [0]}, out="/tmp/sw")
+    cells = expand(sweep)
+    from_no_cot, from_cot = (cell_config(sweep, c, cells)[0] for c in cells[2:])
+    assert Path(from_cot.out_dir).name == "soft_tokens_tag-from-cot_seed-0" and Path(from_no_cot.out_dir).name == "soft_tokens_seed-0"
+    assert from_cot.train.init_from.endswith("/cot_seed-0") and from_no_cot.train.init_from.endswith("/no_cot_seed-0")
+    assert (from_cot.model, from_cot.method, from_cot.task, from_cot.eval) == (from_no_cot.model, from_no_cot.method, from_no_cot.task, from_no_cot.eval)
 
 
 def test_cell_reference_resolves_to_the_matching_cell_with_the_same_seed_and_task() -> None:
@@ -103,7 +108,10 @@ def test_replication_configs_expand_and_resolve(tmp_path: Path) -> None:
                     assert start["method.name"] == "cot"
                 elif start.get("train.objective") == "pretrain":
                     assert cfg.train.objective == "task" and start["method.coprocessor.variant"] == cell["method.coprocessor.variant"]
-                    assert start["method.n_latents"] == cell["method.n_latents"]
+                    if cell["method.n_latents"] == 0:  # H2's control: its N_L = 0 from the pretraining cell its tag names
+                        assert cell["method.coprocessor.variant"] == "h2" and cell["tag"] == f"from-pretrain-nl{start['method.n_latents']}"
+                    else:
+                        assert start["method.n_latents"] == cell["method.n_latents"]
                 else:
                     assert start["method.name"] == "no_cot"
             for dependency in dependencies:

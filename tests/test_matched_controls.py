@@ -163,6 +163,41 @@ def test_a_frozen_base_cell_after_pretraining_is_compared_with_the_base_pretrain
     assert comparison.regime == "pretrained" and comparison.differences == pytest.approx([0.15])
 
 
+def test_h2_after_pretraining_is_compared_with_h2_at_n_l_0_from_its_own_pretraining_cell(tmp_path) -> None:
+    """H2 trains its Base, so its control is H2 at N_L = 0 from the same pretraining cell. Two such controls (from
+    the N_L = 4 and the N_L = 8 pretraining cells) differ only in their start and their tag; each H2 cell pairs
+    with the control from its own pretraining cell, never with the other one."""
+    import json
+
+    import yaml
+
+    from latentreason.results import collect
+
+    def run(name: str, config: dict, summary_file: str, summary: dict) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        task = {"name": "countdown", "branching": 3, "seed": 0, "eval_size": 500}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"task": task, "train": {"seed": 0}} | config))
+        (folder / summary_file).write_text(json.dumps(summary))
+
+    def h2(n_latents: int) -> dict:
+        return {"name": "coprocessor", "n_latents": n_latents, "coprocessor": {"variant": "h2"}}
+
+    base = str(tmp_path / "runs" / "no_cot")
+    run("no_cot", {"method": {"name": "no_cot"}}, "eval.json", {"accuracy": 0.60, "accuracy_ci95": [0.5, 0.7]})
+    for n, accuracy, control_accuracy in ((4, 0.70, 0.66), (8, 0.64, 0.67)):
+        start = str(tmp_path / "runs" / f"pretrain_h2_nl{n}")
+        run(f"pretrain_h2_nl{n}", {"method": h2(n), "train": {"seed": 0, "init_from": base, "objective": "pretrain"}},
+            "pretrain.json", {"steps": 10})
+        run(f"h2_nl{n}", {"method": h2(n), "train": {"seed": 0, "init_from": start}},
+            "eval.json", {"accuracy": accuracy, "accuracy_ci95": [0.5, 0.8]})
+        run(f"h2_nl0_from_nl{n}", {"method": h2(0), "tag": f"from-pretrain-nl{n}", "train": {"seed": 0, "init_from": start}},
+            "eval.json", {"accuracy": control_accuracy, "accuracy_ci95": [0.5, 0.8]})
+    gains = {g["method.n_latents"]: g for g in control_gains(collect(tmp_path))}
+    assert gains[4]["seeds"] == 1 and gains[4]["gain_mean"] == pytest.approx(0.04)
+    assert gains[8]["seeds"] == 1 and gains[8]["gain_mean"] == pytest.approx(-0.03)
+
+
 def test_late_change_is_the_last_quarter_of_the_eval_curve_and_flags_a_cell_still_climbing() -> None:
     """A latent cell still rising at its last evaluation beside a flat control: the table says so (the gap is a
     statement about the budget), computed from each paired cell's own curve; a frozen-Base control (its start

@@ -31,7 +31,7 @@ TINY_PRETRAINED = ["task.train_size=8", "task.eval_size=2", "train.epochs=1", "t
 SLOW_MARKERS = ("smollm2", "replication_cpu_smoke", "models/my-hf-model")
 """Lines that load a 135M model or run a 42-cell sweep: run only with `pytest -m slow`."""
 GPU_ONLY = "replication_gpu"
-"""The 981-cell GPU sweep is not run, even tiny: a spread of its cells is resolved and validated instead."""
+"""The 1,035-cell GPU sweep is not run, even tiny: a spread of its cells is resolved and validated instead."""
 PLACEHOLDER = re.compile(r"\[|\b(CONFIG|RUN_DIR|SWEEP_DIR|SWEEP|TASK|FILE|N)\b")
 
 
@@ -159,8 +159,8 @@ def test_gpu_replication_sweep_resolves_every_cell(fresh_clone):
     for argv in sweeps:
         sweep = read_sweep(argv[1], argv[2:])
         cells = expand(sweep)
-        assert len(cells) == 981 and sweep.out_dir.startswith("runs/")
-        for cell in cells[::7]:  # a spread of cells of every group (all 981 take seconds more)
+        assert len(cells) == 1035 and sweep.out_dir.startswith("runs/")
+        for cell in cells[::7]:  # a spread of cells of every group (all 1,035 take seconds more)
             cfg, _ = cell_config(sweep, cell, cells)
             assert cfg.out_dir.startswith("runs/replication_gpu/")
 

@@ -192,6 +192,10 @@ class RunConfig:
 
     out_dir: str = "runs/default"
     """Run directory: config.yaml, metrics.jsonl, checkpoints, eval.json."""
+    tag: str = ""
+    """A free label that changes nothing a run does. In a sweep it names a cell apart from one that differs only in
+    what it starts from (a cell's name leaves its `{cell:...}` start out), e.g. H2's N_L = 0 controls from the
+    N_L = 4 and the N_L = 8 pretraining cells: `tag: [from-pretrain-nl8]` puts `tag-from-pretrain-nl8` in its name."""
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

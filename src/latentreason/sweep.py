@@ -98,8 +98,8 @@ def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
         other = named.setdefault(cell_name(cell), cell)
         if other is not cell:  # two cells, one run dir: the second would resume (or skip) the first's run
             raise UserInputError(f"two cells get the run dir runs/{cell_name(cell)}: {other} and {cell}. A cell's name "
-                                 "leaves out what it starts from ({cell:...}); list a key that tells them apart "
-                                 "in one of the groups (e.g. its train.epochs)")
+                                 "leaves out what it starts from ({cell:...}); give one of the groups a `tag: [...]` "
+                                 "(a label that names the cell and changes nothing it trains)")
     return cells
 
 
