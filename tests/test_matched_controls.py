@@ -18,6 +18,22 @@ def row(run: str, method: str, accuracy: float, seed: int, init_from: str | None
             "train.lr": keys.pop("lr", 1e-3), "task.name": "prosqa", "accuracy": accuracy, "accuracy_ci95": [0.0, 1.0], **keys}
 
 
+def run_writer(tmp_path):
+    """write(name, config, summary_file, summary): a finished run folder under tmp_path/runs (Countdown b = 3, seed
+    0, 500 eval problems, plus `config`), as `collect` reads it."""
+    import json
+
+    import yaml
+
+    def write(name: str, config: dict, summary_file: str, summary: dict) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        task = {"name": "countdown", "branching": 3, "seed": 0, "eval_size": 500}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"task": task, "train": {"seed": 0}} | config))
+        (folder / summary_file).write_text(json.dumps(summary))
+    return write
+
+
 def starts() -> list[dict]:
     return [row(f"{m}_s{s}", m, 0.5 + 0.01 * s, s, epochs=10) for m in ("no_cot", "cot") for s in range(3)]
 
@@ -132,19 +148,10 @@ def test_a_frozen_base_start_outside_the_sweep_is_read_from_its_folder(tmp_path)
 def test_a_frozen_base_cell_after_pretraining_is_compared_with_the_base_pretraining_started_from(tmp_path) -> None:
     """liu / H1 fine-tuned from their own pretraining cells still read the Base that pretraining started from
     (frozen throughout): that run is their control, and the two variants pair on it in `claims`."""
-    import json
-
-    import yaml
-
     from latentreason.claims import compare, dual
     from latentreason.results import collect
 
-    def run(name: str, config: dict, summary_file: str, summary: dict) -> None:
-        folder = tmp_path / "runs" / name
-        folder.mkdir(parents=True)
-        task = {"name": "countdown", "branching": 3, "seed": 0, "eval_size": 500}
-        (folder / "config.yaml").write_text(yaml.safe_dump({"task": task, "train": {"seed": 0}} | config))
-        (folder / summary_file).write_text(json.dumps(summary))
+    run = run_writer(tmp_path)
 
     base = str(tmp_path / "runs" / "no_cot")
     run("no_cot", {"method": {"name": "no_cot"}}, "eval.json", {"accuracy": 0.60, "accuracy_ci95": [0.5, 0.7]})
@@ -167,18 +174,9 @@ def test_h2_after_pretraining_is_compared_with_h2_at_n_l_0_from_its_own_pretrain
     """H2 trains its Base, so its control is H2 at N_L = 0 from the same pretraining cell. Two such controls (from
     the N_L = 4 and the N_L = 8 pretraining cells) differ only in their start and their tag; each H2 cell pairs
     with the control from its own pretraining cell, never with the other one."""
-    import json
-
-    import yaml
-
     from latentreason.results import collect
 
-    def run(name: str, config: dict, summary_file: str, summary: dict) -> None:
-        folder = tmp_path / "runs" / name
-        folder.mkdir(parents=True)
-        task = {"name": "countdown", "branching": 3, "seed": 0, "eval_size": 500}
-        (folder / "config.yaml").write_text(yaml.safe_dump({"task": task, "train": {"seed": 0}} | config))
-        (folder / summary_file).write_text(json.dumps(summary))
+    run = run_writer(tmp_path)
 
     def h2(n_latents: int) -> dict:
         return {"name": "coprocessor", "n_latents": n_latents, "coprocessor": {"variant": "h2"}}
