@@ -177,8 +177,9 @@ def _started_from_a_run(row: dict[str, Any]) -> bool:
 def _seed_and_budget(row: dict[str, Any]) -> tuple:
     """A branching pair: the same seed, both trained from scratch or both continued, for the same budget. The
     starts differ by task, so they cannot be part of the key; a CoT model trained from scratch and the same
-    model continued 1,000 steps (a curriculum's control) are two different cells at one seed."""
-    return row.get("train.seed"), _started_from_a_run(row), row.get("train.max_steps"), row.get("train.epochs")
+    model continued 1,000 steps (a curriculum's control) are two different cells at one seed. A cell's tag tells
+    apart cells that differ only in their start (e.g. H2's N_L = 0 controls from two pretraining cells)."""
+    return row.get("train.seed"), _started_from_a_run(row), row.get("train.max_steps"), row.get("train.epochs"), row.get("tag") or ""
 
 
 def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], *,
