@@ -85,6 +85,23 @@ def test_branching_pairs_starts_with_starts_and_continued_cells_with_continued_o
     assert comparisons["countdown b=3 vs b=4, continued"].differences == pytest.approx([0.56] * 3)
 
 
+def test_tagged_cells_that_differ_only_in_their_start_pair_with_cells_of_the_same_tag() -> None:
+    """H2's N_L = 0 controls from the N_L = 4 and the N_L = 8 pretraining cells share seed, budget and the run
+    pretraining started from; their tags tell them apart, so at each b both are kept (not refused as one arm's
+    duplicates) and each pairs with the same-tagged cell at the other b."""
+    rows = []
+    for b, accuracy in ((3, 0.70), (4, 0.20)):
+        for tag, shift in (("", 0.0), ("from-pretrain-nl8", 0.05)):
+            for s in range(3):
+                rows.append(dual(f"h2_b{b}_{tag}_{s}", "h2", accuracy + shift + 0.01 * s, s, n_latents=0, curriculum=False,
+                                 branching=b, tag=tag, pretrained_from=f"/starts/no_cot_b{b}_seed{s}"))
+    [comparison] = claim(accuracy_claims(rows), "Accuracy falls").comparisons
+    assert comparison.differences == pytest.approx([0.50] * 6)
+    rows[3]["tag"] = ""  # a second untagged cell of one arm at one seed and start: refused, as before
+    with pytest.raises(UserInputError, match="are both coprocessor-h2 N_L=0"):
+        accuracy_claims(rows)
+
+
 def test_two_cells_of_one_arm_at_one_seed_and_start_are_refused() -> None:
     """Picking one of them (e.g. the first by run name) would let run names decide the verdict."""
     rows = [dual("h1_0", "h1", 0.7, 0), dual("h1_0_again", "h1", 0.5, 0, out_dir="sweep_b/runs/h1_0_again"),

@@ -177,16 +177,17 @@ def _started_from_a_run(row: dict[str, Any]) -> bool:
 def _seed_and_budget(row: dict[str, Any]) -> tuple:
     """A branching pair: the same seed, both trained from scratch or both continued, for the same budget. The
     starts differ by task, so they cannot be part of the key; a CoT model trained from scratch and the same
-    model continued 1,000 steps (a curriculum's control) are two different cells at one seed. A cell's tag tells
-    apart cells that differ only in their start (e.g. H2's N_L = 0 controls from two pretraining cells)."""
-    return row.get("train.seed"), _started_from_a_run(row), row.get("train.max_steps"), row.get("train.epochs"), row.get("tag") or ""
+    model continued 1,000 steps (a curriculum's control) are two different cells at one seed."""
+    return row.get("train.seed"), _started_from_a_run(row), row.get("train.max_steps"), row.get("train.epochs")
 
 
 def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[dict], bool], *,
            group: Callable[[dict], tuple], pair: Callable[[dict], Any] = _pair_key, key: str = "accuracy",
            names: Callable[[dict, dict], tuple[str, str]] | None = None, only_a_must_learn: bool = False) -> list[Comparison]:
     """Paired a - b in `key`: one Comparison per `group(row)` = (setting label, regime label, *more) where both
-    arms have cells with the same `pair(row)`. Two cells of one arm with the same group and pair key are refused
+    arms have cells with the same `pair(row)` and the same tag (RunConfig.tag names apart cells that differ only
+    in their start, e.g. H2's N_L = 0 controls from two pretraining cells, which `pair` may not see: a tagged
+    cell pairs only with a cell of the same tag). Two cells of one arm with the same group and pair key are refused
     (UserInputError naming both): picking one would make the verdict depend on run names, so `pair` must tell
     them apart. `names(first a cell, first b cell)` labels the two arms (default: arm_name of each). A cell of
     either arm that learned nothing makes the comparison undecidable, or only of arm a when `only_a_must_learn`."""
@@ -196,7 +197,7 @@ def paired(rows: list[dict[str, Any]], a: Callable[[dict], bool], b: Callable[[d
             continue
         for side, wanted in enumerate((a, b)):
             if wanted(r):
-                g, k = group(r), pair(r)
+                g, k = group(r), (pair(r), r.get("tag") or "")
                 other = sides.setdefault(g, ({}, {}))[side].setdefault(k, r)
                 if other is not r:
                     raise UserInputError(
