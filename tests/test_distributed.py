@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from latentreason.checkpoint import load_run_weights
+from latentreason.environment import read_segments
 
 COMMON = [
     "task.name=countdown", "task.branching=3", "task.train_size=48", "task.eval_size=4",
@@ -97,6 +98,8 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(tmp_path: Path) -> None
         saved = load_run_weights(tmp_path / name)
         for key in final0:
             assert torch.equal(saved[key], final0[key]), f"{name}: model.safetensors differs from the trained weights at {key}"
+        # Only the main process records the segment, with both processes counted.
+        assert [row["processes"] for row in read_segments(tmp_path / name)] == [2], name
 
 
 def test_distributed_kwargs_ddp_options_and_fsdp2_plugin(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ from latentreason import checkpoint as ckpt
 from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
 from latentreason.config import load_config
+from latentreason.environment import code_commit, read_segments
 from latentreason.errors import DiskFull, TrainingDiverged, UserInputError
 from latentreason.finished_run import evaluate_run
 from latentreason.runlock import LOCK_FILE, RunLock
@@ -376,6 +377,36 @@ def test_train_seconds_sum_all_segments(tmp_path):
     summary = train(tiny(run_dir), progress=False, evaluate_at_end=False)
     second_wall = time.perf_counter() - began
     assert first > 0 and first < summary["train_seconds"] <= first + second_wall
+
+
+def test_every_segment_records_its_environment(tmp_path):
+    """A fresh start and each resume append what they ran on (a re-created run that differs in its 7th digit
+    can then be traced to other CPU kernels, threads or code); evaluation of the finished run adds nothing."""
+    run_dir = tmp_path / "run"
+    train(tiny(run_dir), progress=False, stop_after_steps=2)
+    train(tiny(run_dir), progress=False, stop_after_steps=4)
+    train(tiny(run_dir), progress=False)
+    segments = read_segments(run_dir)
+    assert [row["from_step"] for row in segments] == [0, 2, 4]
+    for row in segments:
+        assert row["torch"] == torch.__version__ and row["torch_threads"] == torch.get_num_threads()
+        assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and row["processes"] == 1
+        assert row["code_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", row["code_commit"])
+
+
+def test_code_commit_names_the_checkout_and_whether_it_was_edited(tmp_path):
+    assert code_commit(tmp_path) is None  # not a git checkout: an installed package
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "a.py"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "a"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert code_commit(tmp_path) == head
+    (tmp_path / "untracked.txt").write_text("not code\n")
+    assert code_commit(tmp_path) == head  # untracked files are not an edit of the code
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_commit(tmp_path) == head + "-dirty"
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "eval.json", "tokenizer", "model.safetensors"])

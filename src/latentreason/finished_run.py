@@ -8,6 +8,7 @@ import torch
 
 from latentreason import checkpoint as ckpt
 from latentreason.config import RunConfig, read_yaml
+from latentreason.environment import ENVIRONMENT_FILE
 from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate
 from latentreason.runlock import RunLock
@@ -50,7 +51,7 @@ def evaluate_run(run_dir: str | Path, overrides: dict | None = None, progress: b
         return evaluate(run.method, run.task, run.eval_set, cfg.eval.batch_size, cfg.eval.max_new_tokens, Path(run_dir) / eval_name, progress)
 
 
-RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "metrics.jsonl", "done.json", "eval.json", "predictions.jsonl", "analysis", "tb",
+RUN_DIR_ENTRIES = ("config.yaml", "tokenizer", "metrics.jsonl", "done.json", "eval.json", "predictions.jsonl", "analysis", "tb", ENVIRONMENT_FILE,
                    ckpt.WEIGHTS_FILE, ckpt.LEGACY_WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LEGACY_CHECKPOINT_FILE)
 """What `train` and `analyze` write in a run dir: a re-evaluation's results folder must be none of them."""
 

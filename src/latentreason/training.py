@@ -7,7 +7,7 @@ pretraining on text: pretraining.py), which then gets everything the loop does.
 
 Run dir layout: config.yaml, tokenizer/, metrics.jsonl, checkpoint.safetensors (latest, for resume),
 model.safetensors (final weights; older runs: model.pt), done.json, eval.json, predictions.jsonl,
-learning_curves.png (curves.py; fresh-data streaming: data.ExampleStream). File formats, atomic writes and corrupt-file errors: checkpoint.py; the run-dir lock: runlock.py; Ctrl-C and
+environment.jsonl (what each segment ran on: environment.py), learning_curves.png (curves.py; fresh-data streaming: data.ExampleStream). File formats, atomic writes and corrupt-file errors: checkpoint.py; the run-dir lock: runlock.py; Ctrl-C and
 SIGTERM at step boundaries: interrupts.py.
 """
 
@@ -35,6 +35,7 @@ from latentreason.batching import bucket_by_length, epoch_order, example_length,
 from latentreason.config import RunConfig, TrainConfig, deep_merge, read_yaml, save_config, to_dict
 from latentreason.curves import json_line, learning_curve_step, plot_baselines, plot_learning_curves
 from latentreason.data import ExampleStream, load_splits, stream_enabled, vocabulary_texts
+from latentreason.environment import record_segment
 from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate, task_baselines
 from latentreason.interrupts import StopRequest, TrainingInterrupted, deferred_stop
@@ -368,6 +369,7 @@ def resume(loop: Loop, command: str) -> None:
         state["before"] = loop.run.objective.measure()  # kept in the checkpoints: a resumed run reports the same
     if accelerator.is_main_process:
         ckpt.truncate_metrics(out / "metrics.jsonl", state["global_step"])
+        record_segment(out, state["global_step"], accelerator.num_processes)
     loop.seconds_before = state["train_seconds"]
 
 
