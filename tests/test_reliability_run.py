@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import latentreason
 from latentreason import checkpoint as ckpt
 from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
@@ -392,6 +393,7 @@ def test_every_segment_records_its_environment(tmp_path):
         assert row["torch"] == torch.__version__ and row["torch_threads"] == torch.get_num_threads()
         assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and row["processes"] == 1
         assert row["code_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", row["code_commit"])
+        assert Path(row["code_path"]) == Path(latentreason.__file__).resolve().parent
 
 
 def test_code_commit_names_the_checkout_and_whether_it_was_edited(tmp_path):

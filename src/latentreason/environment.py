@@ -65,6 +65,8 @@ def describe_environment(processes: int = 1) -> dict[str, Any]:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "processes": processes,
+        # Where the package was imported from: a snapshot of src/ outside the checkout has no commit, but says so.
+        "code_path": str(Path(__file__).resolve().parent),
         "code_commit": code_commit(),
     }
 
