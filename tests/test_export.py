@@ -76,6 +76,7 @@ def test_export_layout_and_model_card(tmp_path, runs):
     assert (out / "coprocessor/model.safetensors").exists()  # the Coprocessor is an HF model of its own
     assert set(load_file(str(out / METHOD_WEIGHTS))) == {"soft_tokens"}
     assert (out / "config.yaml").read_text() == (runs["coprocessor_h2"] / "config.yaml").read_text()
+    assert (out / "environment.jsonl").read_text() == (runs["coprocessor_h2"] / "environment.jsonl").read_text()
     evaluation = json.loads((runs["coprocessor_h2"] / "eval.json").read_text())
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")

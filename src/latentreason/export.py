@@ -7,7 +7,7 @@
       coprocessor/                                            every other HF model the method owns, same format
       latent_method.safetensors                               the method's own parameters (soft tokens, exit gate, ...)
       latentreason_export.json                                what is where (read by load_exported)
-      config.yaml, eval.json                                  the run's config and evaluation, copied
+      config.yaml, eval.json, environment.jsonl               the run's config, evaluation and what it ran on, copied
       README.md                                               model card: method, config, eval numbers
 
 `load_exported(OUT_DIR)` rebuilds the method from `AutoModelForCausalLM.from_pretrained` plus the method
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from latentreason.config import RunConfig, from_dict, read_yaml
+from latentreason.environment import ENVIRONMENT_FILE
 from latentreason.errors import UserInputError
 
 METHOD_WEIGHTS = "latent_method.safetensors"
@@ -67,6 +68,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, force: bool = False) ->
     evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else None
     if evaluation is not None:
         shutil.copyfile(run_dir / "eval.json", out / "eval.json")
+    if (run_dir / ENVIRONMENT_FILE).exists():  # runs made before it existed have none
+        shutil.copyfile(run_dir / ENVIRONMENT_FILE, out / ENVIRONMENT_FILE)
     (out / "README.md").write_text(model_card(run.config, evaluation, run_dir, manifest, method.parameter_counts()))
     return out
 
