@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from latentreason.results import read_metrics
+
 ENVIRONMENT_FILE = "environment.jsonl"
 
 
@@ -81,8 +83,6 @@ def record_segment(run_dir: Path, from_step: int, processes: int = 1) -> dict[st
 
 
 def read_segments(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of a run dir's environment.jsonl ([] for runs made before it existed)."""
-    path = Path(run_dir) / ENVIRONMENT_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a run dir's environment.jsonl ([] for runs made before it existed), read as metrics.jsonl is
+    (a line cut off by a kill at the end is skipped, a damaged one elsewhere raises with its line number)."""
+    return read_metrics(Path(run_dir) / ENVIRONMENT_FILE)
