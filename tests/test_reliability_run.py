@@ -27,10 +27,11 @@ import torch
 
 import latentreason
 from latentreason import checkpoint as ckpt
+from latentreason import environment
 from latentreason.checkpoint import load_run_weights
 from latentreason.cli import main
 from latentreason.config import load_config
-from latentreason.environment import code_commit, read_segments
+from latentreason.environment import code_commit, cpu_model_name, read_segments
 from latentreason.errors import DiskFull, TrainingDiverged, UserInputError
 from latentreason.finished_run import evaluate_run
 from latentreason.runlock import LOCK_FILE, RunLock
@@ -409,6 +410,17 @@ def test_code_commit_names_the_checkout_and_whether_it_was_edited(tmp_path):
     assert code_commit(tmp_path) == head  # untracked files are not an edit of the code
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_commit(tmp_path) == head + "-dirty"
+
+
+def test_cpu_model_name_reads_cpuinfo_when_platform_only_names_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.setattr(environment.platform, "processor", lambda: "")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert cpu_model_name(cpuinfo) == "AMD EPYC 9R14"
+    assert cpu_model_name(tmp_path / "missing") is None  # not Linux: nothing to read, nothing invented
+    monkeypatch.setattr(environment.platform, "processor", lambda: "Intel64 Family 6 Model 143 Stepping 8, GenuineIntel")
+    assert cpu_model_name(cpuinfo) == "Intel64 Family 6 Model 143 Stepping 8, GenuineIntel"
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "eval.json", "tokenizer", "model.safetensors"])

@@ -50,6 +50,24 @@ def code_commit(source: Path | None = None) -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's model name ("AMD EPYC ...", "Intel(R) Xeon(R) ..."): `platform.processor()` where it says
+    more than the architecture, else the first "model name" of /proc/cpuinfo (Linux), else None. Sessions
+    here have landed on AMD and on Intel hosts with different bf16 units, so the kernel level alone does not
+    say which machine made a number."""
+    named = platform.processor()
+    if named and named != platform.machine():
+        return named
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return named or None
+
+
 def describe_environment(processes: int = 1) -> dict[str, Any]:
     """Versions, CPU kernel level, threads, GPU and code commit of this process (see the module docstring)."""
     cuda = torch.cuda.is_available()
@@ -59,7 +77,7 @@ def describe_environment(processes: int = 1) -> dict[str, Any]:
         "transformers": package_version("transformers"),
         "accelerate": package_version("accelerate"),
         "machine": platform.machine(),
-        "processor": platform.processor() or None,
+        "processor": cpu_model_name(),
         "cpu_count": os.cpu_count(),
         # The kernels torch dispatches to (e.g. AVX2, AVX512); ATEN_CPU_CAPABILITY can lower it.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
