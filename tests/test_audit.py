@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from latentreason.cli import main
+from latentreason.errors import UserInputError
 from latentreason.tasks import Example, get_task
 from latentreason.tasks.audit import audit, format_markdown, prosqa_audit, shortcut_ceiling, solvable_with_strict_subset
 
@@ -112,7 +113,28 @@ def test_countdown_audit_statistics():
 
 def test_shortcut_ceiling_function(unbiased):
     assert shortcut_ceiling("prosqa", unbiased) == prosqa_audit(unbiased)["shortcut_ceiling"]
-    assert shortcut_ceiling("gsm8k", unbiased) is None
+    assert shortcut_ceiling("no_such_task", unbiased) is None
+
+
+def test_gsm8k_audit_reads_answers_off_the_question():
+    def ex(question, answer):
+        return Example(question, [], answer, {})
+
+    examples = [ex("Tom has 3 apples and buys 4 more. How many now?", "7"),     # sum (and largest-after: no)
+                ex("A box holds 1,200 pens; 5 boxes?", "6000"),                  # product
+                ex("Ann is 12. Her age in 2-3 years?", "3"),                     # last number (sign dropped)
+                ex("No digits here.", "7")]                                      # no question number: no rule hits
+    report = audit("gsm8k", examples)
+    rules = report["heuristics"]
+    assert rules["sum of the question's numbers"] == 0.25
+    assert rules["product of the question's numbers"] == 0.25
+    assert rules["last number in the question"] == 0.25
+    assert rules["first number in the question"] == 0.0
+    assert rules["the split's most common answer (7)"] == 0.5
+    assert report["shortcut_ceiling"] == 0.5 and report["majority_answer"] == "7"
+    assert report["distinct_answers"] == 3
+    with pytest.raises(UserInputError, match="no example has a numeric answer"):
+        audit("gsm8k", [ex("q", "not a number")])
 
 
 def test_cli_audit_on_a_generated_split_and_on_a_file(tmp_path, capsys):
@@ -131,5 +153,5 @@ def test_cli_audit_on_a_generated_split_and_on_a_file(tmp_path, capsys):
     assert "40 of 40 problems audited" in capsys.readouterr().out
     assert main(["data", "audit", "--task", "prosqa", "--path", str(data), "n_nodes=10"]) == 2
     assert "takes no generator options" in capsys.readouterr().err
-    assert main(["data", "audit", "--task", "gsm8k", "--n", "5"]) == 2
-    assert "no shortcut audit for task 'gsm8k'" in capsys.readouterr().err
+    assert main(["data", "audit", "--task", "gsm8k", "--n", "5"]) == 0  # the synthetic GSM8K-format problems
+    assert "5 of 5 problems audited" in capsys.readouterr().out

@@ -18,6 +18,11 @@ most common target's share, and the accuracy of fixed answers that need no searc
 numbers, their product, the largest minus the others, ...), whose maximum is the Countdown shortcut
 ceiling. At small branching factors it is far from 0 (the sum of three numbers answers about a
 quarter of k = 3 problems): the search space is that small.
+
+GSM8K has a free-form numeric answer; `gsm8k_audit` scores answers read off the question without
+solving it (its last, first, largest or smallest number, the sum or product of its numbers) and the
+split's most common answer (a majority-class guess, measured on the split itself, so an upper bound of
+what a model that learned the answer distribution gets). Their maximum is the GSM8K shortcut ceiling.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -380,9 +386,49 @@ def _finish(task: str, n: int, n_audited: int, heuristics: dict[str, float],
             "ceiling_from": best}
 
 
+GSM8K_QUESTION_RULES = ("last number in the question", "first number in the question",
+                        "largest number in the question", "smallest number in the question",
+                        "sum of the question's numbers", "product of the question's numbers")
+"""The question-only rules of `gsm8k_audit`, in report order."""
+
+
+def _question_number_answers(question: str) -> dict[str, Fraction | None]:
+    """The answer of each of GSM8K_QUESTION_RULES for `question` (None where it has no number)."""
+    from latentreason.tasks.gsm8k import question_numbers
+
+    numbers = question_numbers(question)
+    if not numbers:
+        return dict.fromkeys(GSM8K_QUESTION_RULES)
+    product = Fraction(1)
+    for n in numbers:
+        product *= n
+    answers = (numbers[-1], numbers[0], max(numbers), min(numbers), sum(numbers, Fraction(0)), product)
+    return dict(zip(GSM8K_QUESTION_RULES, answers, strict=True))
+
+
+def gsm8k_audit(examples: Sequence[Example]) -> dict[str, Any]:
+    """Accuracy of answers that need no solving: numbers read off the question, and the majority answer."""
+    from latentreason.tasks.gsm8k import parse_number
+
+    records = [(e.question, gold) for e in examples if (gold := parse_number(e.answer)) is not None]
+    if not records:
+        raise UserInputError("gsm8k audit: no example has a numeric answer")
+    hits = Counter(name for question, gold in records
+                   for name, guess in _question_number_answers(question).items() if guess == gold)
+    heuristics = {name: hits[name] / len(records) for name in GSM8K_QUESTION_RULES}
+    answers = Counter(gold for _, gold in records)
+    majority, majority_count = answers.most_common(1)[0]
+    heuristics[f"the split's most common answer ({majority})"] = majority_count / len(records)
+    report = _finish("gsm8k", len(examples), len(records), heuristics, None)
+    report.update({"distinct_answers": len(answers), "majority_answer": str(majority),
+                   "majority_answer_rate": majority_count / len(records)})
+    return report
+
+
 AUDITS: dict[str, Callable[[Sequence[Example]], dict[str, Any]]] = {
     "prosqa": prosqa_audit,
     "countdown": countdown_audit,
+    "gsm8k": gsm8k_audit,
 }
 
 

@@ -54,6 +54,12 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
+def question_numbers(text: str) -> list[Fraction]:
+    """Every number written in digits in `text`, in order, without sign (``"ages 5-7"`` -> 5, 7): the
+    numbers a GSM8K question gives (numbers in words, such as "three", are not read)."""
+    return [Fraction(m.lstrip("-").replace(",", "")) for m in _NUMBER_RE.findall(text.replace("$", ""))]
+
+
 def parse_solution(solution: str) -> tuple[list[str], str] | None:
     """Split an official solution into (annotation steps, final answer without commas).
 
