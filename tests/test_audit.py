@@ -120,7 +120,7 @@ def test_gsm8k_audit_reads_answers_off_the_question():
     def ex(question, answer):
         return Example(question, [], answer, {})
 
-    examples = [ex("Tom has 3 apples and buys 4 more. How many now?", "7"),     # sum (and largest-after: no)
+    examples = [ex("Tom has 3 apples and buys 4 more. How many now?", "7"),     # sum (3 + 4)
                 ex("A box holds 1,200 pens; 5 boxes?", "6000"),                  # product
                 ex("Ann is 12. Her age in 2-3 years?", "3"),                     # last number (sign dropped)
                 ex("No digits here.", "7")]                                      # no question number: no rule hits

@@ -27,6 +27,7 @@ what a model that learned the answer distribution gets). Their maximum is the GS
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -399,10 +400,8 @@ def _question_number_answers(question: str) -> dict[str, Fraction | None]:
     numbers = question_numbers(question)
     if not numbers:
         return dict.fromkeys(GSM8K_QUESTION_RULES)
-    product = Fraction(1)
-    for n in numbers:
-        product *= n
-    answers = (numbers[-1], numbers[0], max(numbers), min(numbers), sum(numbers, Fraction(0)), product)
+    answers = (numbers[-1], numbers[0], max(numbers), min(numbers), sum(numbers, Fraction(0)),
+               math.prod(numbers, start=Fraction(1)))
     return dict(zip(GSM8K_QUESTION_RULES, answers, strict=True))
 
 
