@@ -11,7 +11,16 @@ import pytest
 
 from latentreason.config import RunConfig, from_dict, save_config
 from latentreason.report import write_report
-from latentreason.results import aggregate, configuration_axes, latent_budget, method_config, method_label, paired_gains
+from latentreason.results import (
+    aggregate,
+    collect,
+    configuration_axes,
+    latent_budget,
+    method_config,
+    method_label,
+    paired_gains,
+    same_model_configurations,
+)
 from latentreason.tables import markdown_table
 
 
@@ -109,3 +118,36 @@ def test_one_markdown_table_helper() -> None:
     text = markdown_table([{"a": 1.23456, "b": None}, {"a": 123456.0, "b": "x"}], ["a", "b"])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 |  |", "| 1.23e+05 | x |"]
     assert markdown_table([{"a": 1.0}], ["a"], fmt=lambda v: "n/a").endswith("| n/a |")
+
+
+def _finished_cell(sweep: Path, name: str, method: dict[str, Any], seed: int, correct: int, losses: list[float]) -> None:
+    out = sweep / "runs" / name
+    out.mkdir(parents=True)
+    save_config(from_dict(RunConfig, {"out_dir": str(out), "method": method, "train": {"seed": seed}}), out / "config.yaml")
+    (out / "eval.json").write_text(json.dumps({"accuracy": correct / 100, "accuracy_ci95": [0, 1], "n": 100, "correct": correct,
+                                               "generated_tokens_per_answer": 12.5}))
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": 50 * (i + 1), "loss": loss}) + "\n" for i, loss in enumerate(losses)))
+
+
+def test_two_configurations_that_trained_the_same_model_are_named_once_as_such(tmp_path: Path) -> None:
+    soft, h2 = {"name": "soft_tokens", "n_latents": 0}, {"name": "coprocessor", "n_latents": 0, "coprocessor": {"variant": "h2"}}
+    cot = {"name": "cot"}
+    for seed in (0, 1):
+        _finished_cell(tmp_path, f"soft_{seed}", soft, seed, 40 + seed, [1.0, 0.5])
+        # The same model through another code path: losses equal to float reordering.
+        _finished_cell(tmp_path, f"h2_{seed}", h2, seed, 40 + seed, [1.0 * (1 + 1e-6), 0.5])
+        # Same scores in one seed and near losses, but another model: differs in the second seed's count and the losses.
+        _finished_cell(tmp_path, f"cot_{seed}", cot, seed, 40 + 2 * seed, [1.0, 0.5 * 1.01])
+    groups = same_model_configurations(collect(tmp_path))
+    assert [[method_label(row) for row in group] for group in groups] == [["coprocessor-h2", "soft_tokens"]]
+    text = Path(write_report(tmp_path)).read_text()
+    assert "**Configurations that trained the same model**" in text
+    assert "prosqa coprocessor-h2 N_L=0 = prosqa soft_tokens N_L=0" in text
+    assert "prosqa cot N_L=0" not in text
+
+
+def test_no_same_model_note_when_every_configuration_differs(tmp_path: Path) -> None:
+    _finished_cell(tmp_path, "soft_0", {"name": "soft_tokens", "n_latents": 0}, 0, 40, [1.0, 0.5])
+    _finished_cell(tmp_path, "soft4_0", {"name": "soft_tokens", "n_latents": 4}, 0, 40, [1.0, 0.6])
+    assert same_model_configurations(collect(tmp_path)) == []
+    assert "trained the same model" not in Path(write_report(tmp_path)).read_text()

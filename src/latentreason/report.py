@@ -18,6 +18,7 @@ from typing import Any
 
 from latentreason.errors import UserInputError
 from latentreason.results import (
+    SAME_MODEL_LOSS_RTOL,
     aggregate,
     analysis_summary,
     collect,
@@ -30,6 +31,7 @@ from latentreason.results import (
     named_starts,
     paired_gains,
     pretraining_rows,
+    same_model_configurations,
 )
 from latentreason.tables import markdown_table
 
@@ -176,6 +178,14 @@ def write_report(sweep_dir: str | Path) -> str:
                   "generated; raise the budget and re-evaluate before reading these accuracies): " + ", ".join(
                       f"{_setting(row, branching_varies)} {row['label']} N_L={row['N_L']} ({row['truncated_rate']:.0%})"
                       for row in sorted(cut_off, key=lambda r: -r["truncated_rate"])), ""]
+    same_model = same_model_configurations(rows)
+    if same_model:
+        lines += ["**Configurations that trained the same model** (in every seed: the same number of held-out answers "
+                  "right, the same tokens per answer, and training losses equal to a relative "
+                  f"{SAME_MODEL_LOSS_RTOL:g} at every logged step; e.g. two methods' N_L = 0 controls that both reduce "
+                  "to the Base): one result listed more than once, not independent evidence: " + "; ".join(
+                      " = ".join(f"{_setting(row, branching_varies)} {method_label(row)} N_L={latent_budget(row)}" for row in group)
+                      for group in same_model), ""]
     if pretraining:
         lines += ["## Coprocessor pretraining cells", "",
                   "Cells with `train.objective: pretrain` (Liu et al. 2024: M augmentation points per packed text sequence, "

@@ -539,6 +539,49 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+SAME_MODEL_LOSS_RTOL = 1e-4
+"""Relative tolerance within which two runs' logged training losses count as the same (float reordering between
+two code paths that compute the same function moves the 7th digit, a different model the 2nd)."""
+
+
+def training_losses(run_dir: str | Path) -> dict[int, float]:
+    """{step: training loss} of a run's logged rows (metrics.jsonl)."""
+    return {int(r["step"]): float(r["loss"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("loss") is not None}
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two runs trained the same model: same eval examples answered the same way in count and length, and
+    training losses equal within SAME_MODEL_LOSS_RTOL at every step both logged (at least one)."""
+    if a.get("n") != b.get("n") or a.get("correct") != b.get("correct"):
+        return False
+    # Older eval.json files rounded tokens per answer to two decimals.
+    if not math.isclose(a.get("generated_tokens_per_answer") or 0, b.get("generated_tokens_per_answer") or 0, abs_tol=0.006):
+        return False
+    losses_a, losses_b = training_losses(a["run_dir"]), training_losses(b["run_dir"])
+    steps = losses_a.keys() & losses_b.keys()
+    return bool(steps) and all(math.isclose(losses_a[s], losses_b[s], rel_tol=SAME_MODEL_LOSS_RTOL) for s in steps)
+
+
+def same_model_configurations(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Groups (two or more) of configurations that trained the same model in every seed: e.g. soft tokens and H2
+    at N_L = 0 from a neutral start, which both reduce to the Base trained on the same batches. They are one
+    result listed twice, and a reader should not count them as two. Each configuration is given by its first
+    seed's row; configurations must have run the same seeds (and at least one) to be grouped."""
+    rows = named_starts(rows)
+    configurations = [members for members in group_rows(rows, configuration_axes(rows)).values() if "run_dir" in members[0]]
+    by_seed = [{tuple(m.get(k) for k in SEED_KEYS): m for m in members} for members in configurations]
+    groups: list[list[int]] = []
+    for index, seeds in enumerate(by_seed):
+        for group in groups:
+            first = by_seed[group[0]]
+            if seeds.keys() == first.keys() and all(_same_run(seeds[k], first[k]) for k in seeds):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return [[configurations[i][0] for i in group] for group in groups if len(group) > 1]
+
+
 def write_tables(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """cells.json (every finished cell), table.json / table.csv / table.md (one row per configuration)."""
     table = aggregate(rows)
