@@ -539,9 +539,10 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-SAME_MODEL_LOSS_RTOL = 1e-4
-"""Relative tolerance within which two runs' logged training losses count as the same (float reordering between
-two code paths that compute the same function moves the 7th digit, a different model the 2nd)."""
+SAME_MODEL_LOSS_RTOL = 1e-3
+"""Relative tolerance within which two runs' logged training losses count as the same. Two code paths that compute
+the same function differ by float rounding, which training grows: the soft-token and H2 N_L = 0 controls of
+results/countdown_b4_curriculum reach 9e-5 over 1,000 steps, while a different model differs in the 2nd digit."""
 
 
 def training_losses(run_dir: str | Path) -> dict[int, float]:
