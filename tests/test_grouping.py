@@ -15,6 +15,7 @@ from latentreason.results import (
     aggregate,
     collect,
     configuration_axes,
+    control_gains,
     latent_budget,
     method_config,
     method_label,
@@ -151,3 +152,21 @@ def test_no_same_model_note_when_every_configuration_differs(tmp_path: Path) -> 
     _finished_cell(tmp_path, "soft4_0", {"name": "soft_tokens", "n_latents": 4}, 0, 40, [1.0, 0.6])
     assert same_model_configurations(collect(tmp_path)) == []
     assert "trained the same model" not in Path(write_report(tmp_path)).read_text()
+
+
+def test_a_start_outside_the_sweep_named_like_one_of_its_cells_is_not_that_cell(tmp_path: Path) -> None:
+    # A CoT cell continued from another sweep's cot_seed-0 is itself cot_seed-0: it must be neither its own start
+    # nor the Coconut cell's start (which would turn "gain over the start" into a gain over the control).
+    start = tmp_path / "first" / "runs" / "cot_seed-0"
+    start.mkdir(parents=True)
+    sweep = tmp_path / "second"
+    for name, method, correct in (("cot_seed-0", {"name": "cot"}, 60), ("coconut_seed-0", {"name": "coconut", "n_latents": 4}, 25)):
+        out = sweep / "runs" / name
+        out.mkdir(parents=True)
+        save_config(from_dict(RunConfig, {"out_dir": str(out), "method": method, "train": {"seed": 0, "init_from": str(start)}}),
+                    out / "config.yaml")
+        (out / "eval.json").write_text(json.dumps({"accuracy": correct / 100, "accuracy_ci95": [0, 1], "n": 100, "correct": correct}))
+    rows = collect(sweep)
+    assert paired_gains(rows) == []
+    [coconut] = [c for c in control_gains(rows) if c["method.name"] == "coconut"]
+    assert coconut["control"] == "cot" and coconut["gain_mean"] == pytest.approx(-0.35)

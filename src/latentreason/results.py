@@ -93,6 +93,21 @@ def recorded_path(row: dict[str, Any], written: str) -> Path:
     return Path(*real[: len(real) - len(recorded)]) / path
 
 
+def start_cell(row: dict[str, Any], by_run: dict[str, dict[str, Any]], written: Any = None) -> dict[str, Any] | None:
+    """The cell of `by_run` that the row starts from (`written`, default its `train.init_from`), or None when the start
+    is not one of them. Matched by run name, and where both sides know their folders by folder too: a start
+    outside the sweep may share its name with a cell (a CoT cell continued from another sweep's `cot_seed-0`
+    is itself `cot_seed-0`), and a cell never starts from itself."""
+    written = row.get("train.init_from") if written is None else written
+    if not written:
+        return None
+    start = by_run.get(Path(str(written)).name)
+    if start is None or start is row or start.get("run_dir") is None or row.get("run_dir") is None:
+        return None if start is row else start
+    same = recorded_path(row, str(written)).resolve() == Path(start["run_dir"]).resolve()
+    return start if same else None
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl ([] before the first row is written). A last line that does not parse
     is a row still being written (a report read while the run trains) or cut off by a kill, and is skipped; a
@@ -296,7 +311,7 @@ def named_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_run = {row["run"]: row for row in rows if "run" in row}
     out = []
     for row in rows:
-        start = by_run.get(Path(str(row.get("train.init_from"))).name) if row.get("train.init_from") else None
+        start = start_cell(row, by_run)
         if start is None and row.get("start_label"):  # a pretraining cell of the sweep (collect names it)
             out.append(dict(row, **{"train.init_from": row["start_label"]}))
             continue
@@ -360,8 +375,7 @@ def paired_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_run = {row["run"]: row for row in rows}
     named = named_starts(rows)
     axes = configuration_axes(named)
-    start_of = {id(n): by_run[Path(row["train.init_from"]).name] for row, n in zip(rows, named)
-                if row.get("train.init_from") and Path(row["train.init_from"]).name in by_run}
+    start_of = {id(n): start for row, n in zip(rows, named) if (start := start_cell(row, by_run)) is not None}
     out = []
     for key, members in group_rows([n for n in named if id(n) in start_of], axes).items():
         starts = [start_of[id(row)] for row in members]
@@ -397,12 +411,14 @@ def _method_identity(row: dict[str, Any]) -> tuple:
     return (cls.name, cls.label(config), cls.latent_budget(config), *((k, _config_value(config, k)) for k in sorted(cls.identity_keys(config))))
 
 
-def _start_run(row: dict[str, Any], runs: set[str]) -> Any:
-    """The run a cell starts from: its run name when it is a cell of the sweep, else the path as written."""
-    start = row.get("train.init_from")
-    if not start:
+def _start_run(row: dict[str, Any], by_run: dict[str, dict[str, Any]], written: Any = None) -> Any:
+    """The run a cell starts from (`written`, default its `train.init_from`): its run name when it is a cell of the
+    sweep (start_cell), else the path as written."""
+    written = row.get("train.init_from") if written is None else written
+    if not written:
         return None
-    return Path(str(start)).name if Path(str(start)).name in runs else str(start)
+    start = start_cell(row, by_run, written)
+    return start["run"] if start is not None else str(written)
 
 
 def analysis_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -487,27 +503,26 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     `control_late_change` (mean over the paired cells of `late_change`, the control's None when the control is
     a start run, not trained further here: `control_is_start`) and `curves` (per paired seed: the cell's and the control's
     `eval_curve`, and the control's final accuracy) for the report's learning-curve plot."""
-    runs = {row["run"] for row in rows}
+    by_run = {row["run"]: row for row in rows}
     named = named_starts(rows)
     axes = configuration_axes(named)
     context = [k for k in dict.fromkeys([*axes, *SEED_KEYS, *SEED_FOLLOWING_KEYS])
                if not k.startswith("method.") and k != "train.init_from"]
 
     def identity(row: dict[str, Any]) -> tuple:
-        return tuple(_hashable(row.get(k)) for k in context), _start_run(row, runs), _method_identity(row)
+        return tuple(_hashable(row.get(k)) for k in context), _start_run(row, by_run), _method_identity(row)
 
     candidates: dict[tuple, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["run"]):
         if control_overrides(row) is None:
             candidates.setdefault(identity(row), row)
     original = {id(n): row for row, n in zip(rows, named)}
-    by_run = {row["run"]: row for row in rows}
     outside: dict[str, dict[str, Any] | None] = {}
 
     def control_of(row: dict[str, Any]) -> dict[str, Any] | None:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
-            return by_run.get(_start_run({"train.init_from": frozen_base_start(row)}, runs)) or _start_outside(row, outside)
+            return start_cell(row, by_run, frozen_base_start(row)) or _start_outside(row, outside)
         return candidates.get(identity(dict(row, **overrides)))
 
     def mean_late_change(cells: list[dict[str, Any]]) -> float | None:
