@@ -181,7 +181,7 @@ def write_report(sweep_dir: str | Path) -> str:
     same_model = same_model_configurations(rows)
     if same_model:
         lines += ["**Configurations that trained the same model** (in every seed: the same number of held-out answers "
-                  "right, the same tokens per answer, and training losses equal to a relative "
+                  "right, the same tokens per answer, and training losses within a relative "
                   f"{SAME_MODEL_LOSS_RTOL:g} at every logged step; e.g. two methods' N_L = 0 controls that both reduce "
                   "to the Base): one result listed more than once, not independent evidence: " + "; ".join(
                       " = ".join(f"{_setting(row, branching_varies)} {method_label(row)} N_L={latent_budget(row)}" for row in group)
