@@ -61,7 +61,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         row = run_row(run_dir)
         if row is None:
             continue
-        start = pretrained.get(Path(str(row.get("train.init_from") or "")).name)
+        start = start_cell(row, pretrained)
         if start is not None:
             row["start_label"], row["pretrained_from"] = start["label"], start.get("train.init_from")
         rows.append(row)
@@ -102,8 +102,10 @@ def start_cell(row: dict[str, Any], by_run: dict[str, dict[str, Any]], written: 
     if not written:
         return None
     start = by_run.get(Path(str(written)).name)
-    if start is None or start is row or start.get("run_dir") is None or row.get("run_dir") is None:
-        return None if start is row else start
+    if start is None or start is row:
+        return None
+    if start.get("run_dir") is None or row.get("run_dir") is None:  # rows built in memory: the name is all there is
+        return start
     same = recorded_path(row, str(written)).resolve() == Path(start["run_dir"]).resolve()
     return start if same else None
 
@@ -173,7 +175,7 @@ def pretraining_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
             continue
         config = flatten(read_yaml(run_dir / "config.yaml"))
         summary = json.loads((run_dir / PRETRAINING_SUMMARY).read_text())
-        row = {"run": run_dir.name, **config, **flatten({k: summary.get(k) for k in ("before", "after") if summary.get(k)}),
+        row = {"run": run_dir.name, "run_dir": str(run_dir), **config, **flatten({k: summary.get(k) for k in ("before", "after") if summary.get(k)}),
                "steps": summary.get("steps"), "train_seconds": summary.get("train_seconds")}
         label = f"{method_label(row)} M={row.get('method.coprocessor.pretrain_points')} N_A={row.get('method.coprocessor.pretrain_ahead')}"
         rows.append(row | {"label": f"pretrained {label}"})
