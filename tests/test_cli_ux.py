@@ -54,6 +54,19 @@ def test_bad_input_fails_before_torch_is_imported(tmp_path, args, message):
     assert outcome["heavy"] == [], f"imported {outcome['heavy']} before reporting bad input"
 
 
+@pytest.mark.parametrize("args", [["train", "train.init_from=runs/finished"], ["eval", "runs/finished"]])
+def test_a_finished_run_without_weights_says_how_to_recreate_them(tmp_path, args):
+    # results/ commits a run's config, metrics and eval but never its weights: in a fresh clone a later run that
+    # starts from it (or an eval of it) must say how to get them back, not ask whether it finished.
+    run = tmp_path / "runs" / "finished"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: cot}\n")
+    (run / "done.json").write_text("{}")
+    outcome, stderr = run_cli_probe(args, cwd=tmp_path)
+    assert outcome == {"code": 2, "heavy": []}, stderr
+    assert "latentreason train runs/finished/config.yaml out_dir=NEW_DIR" in stderr and "did it finish" not in stderr
+
+
 def test_bad_data_file_fails_before_torch_is_imported(tmp_path):
     (tmp_path / "bad.json").write_text('[{"question": "q"}]')
     outcome, stderr = run_cli_probe(["train", "task.name=gsm8k", "task.train_path=bad.json"], cwd=tmp_path)

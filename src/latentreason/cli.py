@@ -34,7 +34,7 @@ def check_run_inputs(cfg: Any, command: str = "train") -> None:
     """
     from latentreason.backbone_names import backbone_kind, check_hub_backbone
     from latentreason.data import load_splits
-    from latentreason.run_checks import check_init_from
+    from latentreason.run_checks import check_init_from, missing_weights_remedy
 
     out = Path(cfg.out_dir)
     if (out / "done.json").exists():
@@ -42,8 +42,8 @@ def check_run_inputs(cfg: Any, command: str = "train") -> None:
     if backbone_kind(cfg.model.backbone) == "hub":
         check_hub_backbone(cfg.model.backbone)
     if cfg.train.init_from and not any((Path(cfg.train.init_from) / name).is_file() for name in ("model.safetensors", "model.pt")):
-        raise UserInputError(f"train.init_from: no final weights (model.safetensors) in {cfg.train.init_from}; train that run first (runs from a "
-                             "fresh clone have no runs/ yet)", path=str(Path(cfg.train.init_from) / "model.safetensors"))
+        raise UserInputError(f"train.init_from: no final weights (model.safetensors) in {cfg.train.init_from}; "
+                             f"{missing_weights_remedy(cfg.train.init_from)}", path=str(Path(cfg.train.init_from) / "model.safetensors"))
     check_init_from(cfg)  # a starting run of another size / tokenizer / task: one line (run_checks.py)
     corpus = cfg.method.coprocessor.pretrain_corpus
     if command == "pretrain-coprocessor" and corpus != "task" and not Path(corpus).is_file():
@@ -94,7 +94,9 @@ def check_finished_run(run_dir: str) -> None:
     if not (Path(run_dir) / "config.yaml").is_file():
         raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
     if not any((Path(run_dir) / name).is_file() for name in ("model.safetensors", "model.pt")):  # model.pt: older runs
-        raise UserInputError("this run has no final weights (model.safetensors); did it finish?", path=str(run_dir))
+        from latentreason.run_checks import missing_weights_remedy
+
+        raise UserInputError(f"this run has no final weights (model.safetensors): {missing_weights_remedy(run_dir)}", path=str(run_dir))
 
 
 def _cmd_data(args: argparse.Namespace) -> None:

@@ -52,6 +52,17 @@ def check_init_from(config: RunConfig) -> None:
                 f"{their_name} text; start from a {config.task.name} run", path=where)
 
 
+def missing_weights_remedy(run_dir: str | Path) -> str:
+    """What to do about a run dir without final weights. A finished run whose weights are gone is the usual case
+    in a fresh clone: results/ commits a run's config, metrics and eval, never its weights (.gitignore), yet later
+    runs start from it (e.g. the GSM8K curriculum from results/gsm8k_cpu's CoT cell). Its config re-creates them."""
+    run_dir = Path(run_dir)
+    if (run_dir / "done.json").is_file() and (run_dir / "config.yaml").is_file():
+        return (f"it finished, but its weights are not here (results/ keeps weights out of git); re-create them with "
+                f"`latentreason train {run_dir / 'config.yaml'} out_dir=NEW_DIR`, then move NEW_DIR/model.safetensors into {run_dir}")
+    return "train that run first (runs from a fresh clone have no runs/ yet)"
+
+
 def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path: str | Path) -> None:
     """A one-line error naming the first tensor whose shape differs (instead of torch's list of all)."""
     wrong = [key for key in loaded if key in own and tuple(loaded[key].shape) != tuple(own[key].shape)]

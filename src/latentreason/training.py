@@ -40,7 +40,7 @@ from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate, task_baselines
 from latentreason.interrupts import StopRequest, TrainingInterrupted, deferred_stop
 from latentreason.methods import LatentMethod, build_method, method_class
-from latentreason.run_checks import check_init_from, check_weight_shapes, warn_random_frozen_base
+from latentreason.run_checks import check_init_from, check_weight_shapes, missing_weights_remedy, warn_random_frozen_base
 from latentreason.runlock import RunLock, config_differences, is_main_rank
 from latentreason.tasks import Task, get_task
 from latentreason.tokenization import EncodedExample, encode_examples, example_texts, load_tokenizer, splits_digits_with_spaces
@@ -125,7 +125,7 @@ def build_run(cfg: RunConfig, out_dir: Path | None = None) -> Run:
 
 def load_weights(method: LatentMethod, path: Path, strict: bool = True) -> None:
     if not path.exists():
-        raise UserInputError("no final weights to load (did that run finish?)", path=str(path))
+        raise UserInputError(f"no final weights to load: {missing_weights_remedy(path.parent)}", path=str(path))
     state = ckpt.read_weights(path, remedy=f"delete {path.parent} and train that run again")
     own = method.state_dict()
     state = {key: value for key, value in state.items() if not _slots_this_run_lacks(own.get(key), value)}
