@@ -18,10 +18,10 @@ import pytest
 
 from latentreason import report, results
 from latentreason.analysis import runs
-from latentreason.config import RunConfig, from_dict, save_config
+from latentreason.config import RunConfig, from_dict, read_yaml, save_config
 from latentreason.errors import UserInputError
 from latentreason.results import aggregate
-from latentreason.sweep import SweepConfig, cell_config, cell_name, expand, read_sweep, run_sweep
+from latentreason.sweep import OVERRIDES_HEADER, SweepConfig, cell_config, cell_name, expand, read_sweep, run_sweep
 
 TINY = {
     "model": {"backbone": "gpt2-tiny", "n_layer": 1, "n_embd": 32, "n_head": 2, "tokenizer_vocab_size": 300},
@@ -204,6 +204,31 @@ def test_second_sweep_skips_finished_cells_and_resumes_analyses(tmp_path: Path, 
     assert len(calls) == 6 and len(analyzed) == 6
     run_sweep(path, ["analyze=true"], progress=False)
     assert len(analyzed) == 6
+
+
+def test_sweep_yaml_records_the_overrides_each_invocation_ran_with(tmp_path: Path, monkeypatch) -> None:
+    # sweep.yaml used to be a plain copy of the config file, so a folder made with `out_dir=... base.train.lr=...`
+    # named the other folder and the other lr as its config.
+    calls: list[str] = []
+    monkeypatch.setattr("latentreason.training.train", fake_train_factory(calls))
+    path = tmp_path / "config.yaml"
+    path.write_text(f"# the base config\nout_dir: {tmp_path / 'base'}\n" + SMALL_SWEEP)
+    out = tmp_path / "lower_lr"
+    run_sweep(path, [f"out_dir={out}", "base.train.lr=2.0e-5", "grid={train.seed: [0]}"], progress=False)
+    run_sweep(path, [f"out_dir={out}", "base.train.lr=2.0e-5", "grid={train.seed: [1]}"], progress=False)
+    run_sweep(path, [f"out_dir={out}", "base.train.lr=2.0e-5", "grid={train.seed: [1]}"], progress=False)  # listed once
+    record = (out / "sweep.yaml").read_text()
+    assert record.startswith(path.read_text()) and OVERRIDES_HEADER in record
+    assert record.split(OVERRIDES_HEADER)[1].splitlines()[1:] == [
+        f"#   out_dir={out} base.train.lr=2.0e-5 'grid={{train.seed: [0]}}'",
+        f"#   out_dir={out} base.train.lr=2.0e-5 'grid={{train.seed: [1]}}'"]
+    assert read_yaml(out / "sweep.yaml") == read_yaml(path)  # still the config, loadable as before
+    run_sweep(out / "sweep.yaml", [f"out_dir={out}"], progress=False)  # the record as a config: one section
+    assert (out / "sweep.yaml").read_text().count(OVERRIDES_HEADER) == 1
+    assert read_yaml(out / "runs/cot_seed-0/config.yaml")["train"]["lr"] == 2.0e-5  # the cells ran the override
+    # Without overrides the record is the config file, byte for byte.
+    run_sweep(path, progress=False)
+    assert (tmp_path / "base/sweep.yaml").read_text() == path.read_text()
 
 
 SMALL_SWEEP = ("base: {task: {name: countdown}}\n"

@@ -17,7 +17,7 @@ Cells already finished (done.json present) are skipped, so re-running a sweep re
 was interrupted resumes from its checkpoint. Several workers can run one sweep together (start the same
 command once per core or GPU): each claims a cell (runs/NAME/.claim) before training it. Each cell keeps its
 config.yaml, metrics and eval.json. Every cell is resolved and validated (`resolve_cells`) before the first
-one trains.
+one trains. OUT/sweep.yaml records the config and every invocation's command-line overrides (`record_sweep_config`).
 A value may reference another cell's run dir: `train.init_from: "{cell:method.name=cot}"` resolves to the
 dir of the cell with those overrides and the same remaining grid values (e.g. the same seed/task), which is
 run first. That is how Coconut starts from CoT and a frozen Base comes from a No-CoT run. A cell with
@@ -34,6 +34,7 @@ import fcntl
 import itertools
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -81,6 +82,27 @@ def read_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
         out_dir=str(data["out_dir"]), base=data.get("base") or {}, grid=data.get("grid") or {},
         groups=groups, analyze=bool(data.get("analyze", False)),
     )
+
+
+OVERRIDES_HEADER = ("# Command-line overrides of the `latentreason sweep` invocations that ran this sweep, one per line, applied on top "
+                    "of the config above (each cell's config.yaml holds its exact settings):")
+
+
+def record_sweep_config(out: Path, path: str | Path, overrides: list[str] | None) -> None:
+    """Write OUT/sweep.yaml: the config file as given (comments kept) and, below it, the command-line overrides
+    of every invocation that used any, so the record never claims settings the cells did not run with (e.g. a
+    second folder made from one config with `out_dir=... base.train.lr=...`). Overrides recorded by earlier
+    invocations are kept: a sweep filled in by several runs, each narrowed with `grid=` or `groups=`, lists them all."""
+    record = out / "sweep.yaml"
+    lines: list[str] = []
+    if record.exists():
+        earlier = record.read_text().split(OVERRIDES_HEADER + "\n")
+        lines = earlier[1].splitlines() if len(earlier) == 2 else []
+    if overrides:
+        line = "#   " + " ".join(shlex.quote(item) for item in overrides)
+        lines += [] if line in lines else [line]
+    text = Path(path).read_text().split(OVERRIDES_HEADER)[0].rstrip("\n") + "\n"  # the config may be this record itself
+    record.write_text(text + ("\n" + OVERRIDES_HEADER + "\n" + "\n".join(lines) + "\n" if lines else ""))
 
 
 def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -350,7 +372,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, progress: bo
         print(f"error: {message}", file=sys.stderr)
     warn_finished_cells(out, [Path(cfg.out_dir) for cfg, _ in resolved.values()])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(Path(path).read_text())
+    record_sweep_config(out, path, overrides)
     status: dict[str, str] = {}  # cell name -> "done" | "failed" (settled for this worker)
     failed: list[str] = [] if failures is None else failures
 

@@ -121,7 +121,7 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
     """Run every unfinished cell of sweep `path` as a submitit job, waves in dependency order, then write
     the sweep's tables (as run_sweep does). Failed cells' names are appended to `failures`."""
     from latentreason.results import collect, write_tables
-    from latentreason.sweep import analysis_due, cell_name, expand, read_sweep, resolve_cells
+    from latentreason.sweep import analysis_due, cell_name, expand, read_sweep, record_sweep_config, resolve_cells
 
     sweep = read_sweep(path, overrides)
     out = Path(sweep.out_dir)
@@ -133,7 +133,7 @@ def submit_sweep(path: str | Path, overrides: list[str] | None = None, cluster: 
     depends_on = {name: [cell_name(d) for d in dependencies] for name, (_, dependencies) in resolved.items()}
     waves = dependency_waves([cell_name(cell) for cell in cells], depends_on)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(Path(path).read_text())
+    record_sweep_config(out, path, overrides)
     executor = executor or make_executor(out / "submitit", cluster, options)
     job_function = _checkpointable_job()
     status: dict[str, str] = {}
