@@ -94,15 +94,17 @@ def record_sweep_config(out: Path, path: str | Path, overrides: list[str] | None
     second folder made from one config with `out_dir=... base.train.lr=...`). Overrides recorded by earlier
     invocations are kept: a sweep filled in by several runs, each narrowed with `grid=` or `groups=`, lists them all."""
     record = out / "sweep.yaml"
-    lines: list[str] = []
-    if record.exists():
-        earlier = record.read_text().split(OVERRIDES_HEADER + "\n")
-        lines = earlier[1].splitlines() if len(earlier) == 2 else []
-    if overrides:
-        line = "#   " + " ".join(shlex.quote(item) for item in overrides)
-        lines += [] if line in lines else [line]
     text = Path(path).read_text().split(OVERRIDES_HEADER)[0].rstrip("\n") + "\n"  # the config may be this record itself
-    record.write_text(text + ("\n" + OVERRIDES_HEADER + "\n" + "\n".join(lines) + "\n" if lines else ""))
+    with open(out / ".sweep.yaml.lock", "w") as lock:  # workers started together with different overrides keep both lines
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lines: list[str] = []
+        if record.exists():
+            earlier = record.read_text().split(OVERRIDES_HEADER + "\n")
+            lines = earlier[1].splitlines() if len(earlier) == 2 else []
+        if overrides:
+            line = "#   " + " ".join(shlex.quote(item) for item in overrides)
+            lines += [] if line in lines else [line]
+        record.write_text(text + ("\n" + OVERRIDES_HEADER + "\n" + "\n".join(lines) + "\n" if lines else ""))
 
 
 def expand(sweep: SweepConfig) -> list[dict[str, Any]]:
