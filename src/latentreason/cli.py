@@ -34,16 +34,15 @@ def check_run_inputs(cfg: Any, command: str = "train") -> None:
     """
     from latentreason.backbone_names import backbone_kind, check_hub_backbone
     from latentreason.data import load_splits
-    from latentreason.run_checks import check_init_from, missing_weights_remedy
+    from latentreason.run_checks import check_init_from, require_final_weights
 
     out = Path(cfg.out_dir)
     if (out / "done.json").exists():
         raise UserInputError("this run already finished; choose a new out_dir (nothing was overwritten)", path=str(out))
     if backbone_kind(cfg.model.backbone) == "hub":
         check_hub_backbone(cfg.model.backbone)
-    if cfg.train.init_from and not any((Path(cfg.train.init_from) / name).is_file() for name in ("model.safetensors", "model.pt")):
-        raise UserInputError(f"train.init_from: no final weights (model.safetensors) in {cfg.train.init_from}; "
-                             f"{missing_weights_remedy(cfg.train.init_from)}", path=str(Path(cfg.train.init_from) / "model.safetensors"))
+    if cfg.train.init_from:
+        require_final_weights(cfg.train.init_from, f"train.init_from run {cfg.train.init_from}")
     check_init_from(cfg)  # a starting run of another size / tokenizer / task: one line (run_checks.py)
     corpus = cfg.method.coprocessor.pretrain_corpus
     if command == "pretrain-coprocessor" and corpus != "task" and not Path(corpus).is_file():
@@ -93,10 +92,9 @@ def check_finished_run(run_dir: str) -> None:
     """The cheap half of finished_run.load_finished_run's checks, before torch is imported."""
     if not (Path(run_dir) / "config.yaml").is_file():
         raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    if not any((Path(run_dir) / name).is_file() for name in ("model.safetensors", "model.pt")):  # model.pt: older runs
-        from latentreason.run_checks import missing_weights_remedy
+    from latentreason.run_checks import require_final_weights
 
-        raise UserInputError(f"this run has no final weights (model.safetensors): {missing_weights_remedy(run_dir)}", path=str(run_dir))
+    require_final_weights(run_dir)
 
 
 def _cmd_data(args: argparse.Namespace) -> None:

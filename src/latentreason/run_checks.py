@@ -63,6 +63,18 @@ def missing_weights_remedy(run_dir: str | Path) -> str:
     return "train that run first (runs from a fresh clone have no runs/ yet)"
 
 
+FINAL_WEIGHTS_FILES = ("model.safetensors", "model.pt")
+"""A run's final weights; model.pt only in runs older than the switch to safetensors (checkpoint.py)."""
+
+
+def require_final_weights(run_dir: str | Path, what: str = "this run") -> None:
+    """A one-line error, before torch is imported, when `run_dir` has no final weights, saying how to get them."""
+    run_dir = Path(run_dir)
+    if not any((run_dir / name).is_file() for name in FINAL_WEIGHTS_FILES):
+        raise UserInputError(f"{what} has no final weights (model.safetensors): {missing_weights_remedy(run_dir)}",
+                             path=str(run_dir / FINAL_WEIGHTS_FILES[0]))
+
+
 def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path: str | Path) -> None:
     """A one-line error naming the first tensor whose shape differs (instead of torch's list of all)."""
     wrong = [key for key in loaded if key in own and tuple(loaded[key].shape) != tuple(own[key].shape)]
