@@ -14,12 +14,14 @@ that both cover the registry).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import typing
 from typing import Any
 
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from helpers import fit
 from latentreason.backbones import Backbone, build_backbone
@@ -88,6 +90,20 @@ def build(name: str, config: MethodConfig, seed: int = 0, backbone: str = "llama
     return method, encode_examples(bb.tokenizer, EXAMPLES)
 
 
+@contextlib.contextmanager
+def head_positions(method: torch.nn.Module):
+    """Collects, for every call of any LM head (output embedding) inside `method`, how many positions it ran on."""
+    heads = {id(m.get_output_embeddings()): m.get_output_embeddings() for m in method.modules()
+             if isinstance(m, PreTrainedModel) and m.get_output_embeddings() is not None}
+    positions: list[int] = []
+    hooks = [head.register_forward_hook(lambda _m, args, _out: positions.append(args[0].shape[-2] if args[0].ndim == 3 else 1)) for head in heads.values()]
+    try:
+        yield positions
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _threads(one_thread):
     yield
@@ -138,8 +154,12 @@ def test_method_contract(case):
     method.eval()
     with torch.no_grad():
         eval_loss = method(method.collate(encoded))
-        generation = method.generate(encoded, MAX_NEW_TOKENS)
+        with head_positions(method) as positions:
+            generation = method.generate(encoded, MAX_NEW_TOKENS)
         traced = method.trace(encoded)
+    # The LM head runs on one position per row per call, as the FLOP model counts it (flops.py): a prefill
+    # that computed every position's logits cost GBs of memory at a 49k vocabulary (session 29).
+    assert positions and max(positions) == 1, f"LM head ran on {max(positions)} positions in one call"
     rows = len(encoded)
     assert [len(generation.token_ids), len(generation.forward_passes), len(generation.latent_slots), len(generation.flops)] == [rows] * 4
     for tokens, passes, slots, flops in zip(generation.token_ids, generation.forward_passes, generation.latent_slots, generation.flops):

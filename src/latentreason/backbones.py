@@ -161,9 +161,16 @@ def lm_forward(
     position_ids: torch.Tensor,
     cache: DynamicCache | None = None,
     output_hidden_states: bool = False,
+    last_logits_only: bool = False,
 ):
-    """One call of an HF causal LM on embeddings. `attention_mask` covers cache + new tokens."""
+    """One call of an HF causal LM on embeddings. `attention_mask` covers cache + new tokens.
+
+    `last_logits_only`: the LM head runs on the last position only (HF's `logits_to_keep=1`), for a prefill
+    whose other logits nobody reads: at a 49k vocabulary the full [batch, tokens, vocab] logits of a batch of
+    50 prompts of 330 tokens are 1.6-3.2 GB and a fifth of the prefill's FLOPs."""
     kwargs = {_cache_kwarg(model): cache, "use_cache": cache is not None}
+    if last_logits_only:
+        kwargs["logits_to_keep"] = 1
     return model(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,

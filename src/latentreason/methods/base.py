@@ -237,7 +237,7 @@ class LatentMethod(nn.Module):
         cache = cache if cache is not None else new_cache(self.model)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)[:, -prefix_embeds.shape[1]:]
-        logits = lm_forward(self.model, prefix_embeds, attention_mask, position_ids, cache).logits[:, -1]
+        logits = lm_forward(self.model, prefix_embeds, attention_mask, position_ids, cache, last_logits_only=True).logits[:, -1]
         return greedy_decode(
             self.model_step(cache), self.embed, logits, attention_mask, position_ids[:, -1] + 1,
             max_new_tokens, self.ids["eos"],

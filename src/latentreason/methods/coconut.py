@@ -178,16 +178,18 @@ class Coconut(LatentMethod):
         return [self.plan(e, self.curriculum.final_stage) for e in examples]
 
     # --- the multi-pass forward -------------------------------------------------------------------------
-    def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None, all_logits: bool = False) -> ContinuousOutput:
+    def continuous_forward(self, batch: dict[str, Any], cache: DynamicCache | None = None, all_logits: bool = False,
+                           last_logits_only: bool = False) -> ContinuousOutput:
         """K+1 sequential passes over one growing cache; returns the final pass's logits (every pass's with
-        `all_logits`) and the thoughts. Passes before the last only need their last hidden state, so they
-        run the decoder stack without the LM head."""
+        `all_logits`; only its last position's with `last_logits_only`, all decoding needs) and the thoughts.
+        Passes before the last only need their last hidden state, so they run the decoder stack without the
+        LM head."""
         embeds = self.embed(batch["input_ids"])
         mask, positions, has_latent = batch["attention_mask"], batch["position_ids"], batch["latent_mask"]
         start, width = batch["latent_start"], has_latent.shape[1]
         cache = cache if cache is not None else new_cache(self.model)
         if width == 0:  # no latent in any row (stage 0): one ordinary pass
-            logits = lm_forward(self.model, embeds, mask, positions, cache).logits
+            logits = lm_forward(self.model, embeds, mask, positions, cache, last_logits_only=last_logits_only).logits
             return ContinuousOutput([logits], embeds[:, start:start], cache, 1)
         bounds = [(0, start)] + [(start + j, start + j + 1) for j in range(width - 1)] + [(start + width - 1, embeds.shape[1])]
         logits_parts: list[torch.Tensor] = []
@@ -203,7 +205,8 @@ class Coconut(LatentMethod):
                 x = torch.cat([thought.unsqueeze(1), x[:, 1:]], 1)
             last = index == len(bounds) - 1
             if last or all_logits:
-                out = lm_forward(self.model, x, mask[:, :hi], positions[:, lo:hi], cache, output_hidden_states=not last)
+                out = lm_forward(self.model, x, mask[:, :hi], positions[:, lo:hi], cache, output_hidden_states=not last,
+                                 last_logits_only=last and last_logits_only)
                 logits_parts.append(out.logits)
                 if not last:
                     hidden = out.hidden_states[-1][:, -1]
@@ -226,7 +229,7 @@ class Coconut(LatentMethod):
     def generate(self, examples: Sequence[EncodedExample], max_new_tokens: int) -> Generation:
         """Continuous thoughts, then batched cached greedy decoding of the remaining steps + answer."""
         batch, plans = self.prompt_batch(examples)
-        out = self.continuous_forward(batch)
+        out = self.continuous_forward(batch, last_logits_only=True)
         positions = batch["position_ids"][:, -1] + 1
         tokens, calls = greedy_decode(
             self.model_step(out.cache), self.embed, out.logits[-1][:, -1], batch["attention_mask"], positions,
