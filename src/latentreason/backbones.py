@@ -167,7 +167,8 @@ def lm_forward(
 
     `last_logits_only`: the LM head runs on the last position only (HF's `logits_to_keep=1`), for a prefill
     whose other logits nobody reads: at a 49k vocabulary the full [batch, tokens, vocab] logits of a batch of
-    50 prompts of 330 tokens are 1.6-3.2 GB and a fifth of the prefill's FLOPs."""
+    50 prompts of 330 tokens are 1.6-3.2 GB, and at SmolLM2-135M's size the head is about a fifth of the
+    prefill's FLOPs (benchmarks/bench_prefill_head.py)."""
     kwargs = {_cache_kwarg(model): cache, "use_cache": cache is not None}
     if last_logits_only:
         kwargs["logits_to_keep"] = 1
