@@ -86,6 +86,20 @@ def test_virtual_epochs_read_consecutive_stream_slices(tmp_path):
     assert questions([e.example for e in run.train_set]) == read[:32]  # train_set = first virtual epoch
 
 
+def test_stream_start_continues_the_stream_past_a_start_with_the_same_held_out_split(tmp_path):
+    """A continuation (train.init_from) reads the problems after the ones its start trained on, while the held-out
+    split, which task.seed fixes, stays the one the start was scored on."""
+    start = build_run(stream_run(tmp_path / "start"))
+    continued = build_run(stream_run(tmp_path / "continued", "task.stream_start=64"))
+    read = []
+    for epoch in range(2):
+        examples, order = epoch_examples(continued, continued.config.train, epoch, 32)
+        read += [examples[i].example.question for i in order]
+    assert read == questions(ExampleStream(start.config.task).examples(64, 64))
+    assert not set(read) & set(questions(ExampleStream(start.config.task).examples(0, 64)))
+    assert [e.example.question for e in continued.eval_set] == [e.example.question for e in start.eval_set]
+
+
 def test_batch_size_does_not_change_the_examples_seen(tmp_path):
     seen = {}
     for batch, accum in [(8, 1), (4, 2), (2, 4)]:

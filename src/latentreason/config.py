@@ -93,6 +93,11 @@ class TaskConfig:
     stream_chunk_size: PositiveInt = 256
     """Streaming: examples generated per chunk (chunk k uses a seed hashed from task.seed and k). Part of
     the stream's definition: another value gives other examples."""
+    stream_start: NonNegativeInt = 0
+    """Streaming: the training loop reads the stream from example N on (its first virtual epoch is examples
+    N .. N + train_size - 1), e.g. past the problems a `train.init_from` run already trained on, so that a
+    continuation sees fresh problems while `task.seed`, and with it the held-out split, stays the same.
+    Stream-curriculum phases keep counting from example 0 of the stream."""
     stream_prefetch: bool = True
     """Streaming: generate the next chunk in a worker process while training reads the current one."""
     stream_curriculum: list[dict[str, Any]] = field(default_factory=list)

@@ -164,6 +164,7 @@ class ExampleStream:
     def __init__(self, cfg: TaskConfig, encode: Callable[[list[Example]], list] | None = None, prefetch: bool | None = None) -> None:
         self.task = get_task(cfg.name)
         self.seed = cfg.seed
+        self.start = cfg.stream_start
         self.chunk_size = cfg.stream_chunk_size
         self.params = generator_params(self.task, cfg, "train")
         # Curriculum: (first example index past the phase, its params); chunks after the last use self.params.
@@ -193,8 +194,9 @@ class ExampleStream:
         return out
 
     def window(self, start: int, length: int) -> "StreamWindow":
-        """Examples start .. start+length-1 as a lazily read sequence (one virtual epoch of the loop)."""
-        return StreamWindow(self, start, length)
+        """The loop's examples start .. start+length-1 (one virtual epoch) as a lazily read sequence: stream
+        examples from `task.stream_start` on."""
+        return StreamWindow(self, self.start + start, length)
 
     def chunk(self, k: int) -> list:
         if k not in self._chunks:
