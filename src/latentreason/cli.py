@@ -80,21 +80,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from latentreason.config import parse_overrides
+    from latentreason.run_checks import check_finished_run
 
     check_finished_run(args.run_dir)
     from latentreason.finished_run import evaluate_run  # heavy: after the checks
 
     summary = evaluate_run(args.run_dir, parse_overrides(args.overrides), progress=not args.quiet, eval_name=args.name)
     print(json.dumps(summary, indent=2))
-
-
-def check_finished_run(run_dir: str) -> None:
-    """The cheap half of finished_run.load_finished_run's checks, before torch is imported."""
-    if not (Path(run_dir) / "config.yaml").is_file():
-        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
-    from latentreason.run_checks import require_final_weights
-
-    require_final_weights(run_dir)
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
@@ -205,6 +197,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:
+    from latentreason.run_checks import check_finished_run
     from latentreason.runlock import RunLock
 
     check_finished_run(args.run_dir)

@@ -97,7 +97,8 @@ class TaskConfig:
     """Streaming: the training loop reads the stream from example N on (its first virtual epoch is examples
     N .. N + train_size - 1), e.g. past the problems a `train.init_from` run already trained on, so that a
     continuation sees fresh problems while `task.seed`, and with it the held-out split, stays the same.
-    Stream-curriculum phases keep counting from example 0 of the stream."""
+    Stream-curriculum phases keep counting from example 0 of the stream, and the train split (a from-scratch
+    tokenizer's corpus) stays examples 0 .. train_size - 1, so a continuation's tokenizer is its start's."""
     stream_prefetch: bool = True
     """Streaming: generate the next chunk in a worker process while training reads the current one."""
     stream_curriculum: list[dict[str, Any]] = field(default_factory=list)

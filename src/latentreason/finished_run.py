@@ -11,7 +11,7 @@ from latentreason.config import RunConfig, read_yaml
 from latentreason.environment import ENVIRONMENT_FILE
 from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate
-from latentreason.run_checks import missing_weights_remedy
+from latentreason.run_checks import check_finished_run
 from latentreason.runlock import RunLock
 from latentreason.training import Run, build_run, load_weights
 
@@ -24,11 +24,8 @@ def load_finished_run(run_dir: str | Path, overrides: dict | None = None, device
     from latentreason.config import deep_merge, from_dict
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
+    check_finished_run(run_dir)
     weights = ckpt.weights_path(run_dir)  # model.safetensors, or an older run's model.pt
-    if not weights.exists():
-        raise UserInputError(f"this run has no final weights ({weights.name}): {missing_weights_remedy(run_dir)}", path=str(run_dir))
     cfg = from_dict(RunConfig, deep_merge(read_yaml(run_dir / "config.yaml"), overrides or {}))
     cfg.train.init_from = None  # the final weights hold every weight; the init run may be gone
     run = build_run(cfg, run_dir)

@@ -75,6 +75,13 @@ def require_final_weights(run_dir: str | Path, what: str = "this run") -> None:
                              path=str(run_dir / FINAL_WEIGHTS_FILES[0]))
 
 
+def check_finished_run(run_dir: str | Path) -> None:
+    """A finished run's directory, checked before torch is imported: its config.yaml and its final weights."""
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise UserInputError("not a run directory (no config.yaml)", path=str(run_dir))
+    require_final_weights(run_dir)
+
+
 def check_weight_shapes(own: Mapping[str, Any], loaded: Mapping[str, Any], path: str | Path) -> None:
     """A one-line error naming the first tensor whose shape differs (instead of torch's list of all)."""
     wrong = [key for key in loaded if key in own and tuple(loaded[key].shape) != tuple(own[key].shape)]
