@@ -28,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from latentreason.errors import DiskFull, RunFailed, TrainingDiverged, UserInputError  # noqa: F401 (re-exported)
+from latentreason.run_checks import FINAL_WEIGHTS_FILES  # spelled once, where the pre-torch checks can read it
 
-WEIGHTS_FILE = "model.safetensors"
-LEGACY_WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE, LEGACY_WEIGHTS_FILE = FINAL_WEIGHTS_FILES
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_FILE = "checkpoint.pt"
 _METADATA_KEY = "latentreason"

@@ -64,7 +64,8 @@ def missing_weights_remedy(run_dir: str | Path) -> str:
 
 
 FINAL_WEIGHTS_FILES = ("model.safetensors", "model.pt")
-"""A run's final weights; model.pt only in runs older than the switch to safetensors (checkpoint.py)."""
+"""A run's final weights, the current name first; model.pt only in runs older than the switch to safetensors.
+checkpoint.py takes its WEIGHTS_FILE / LEGACY_WEIGHTS_FILE from here (this module must load without torch)."""
 
 
 def require_final_weights(run_dir: str | Path, what: str = "this run") -> None:
