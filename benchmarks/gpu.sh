@@ -54,6 +54,7 @@ if [ "$DRY" = 1 ]; then
   PRETRAIN=(--batch-size 1 --seq-len 32 --points 4 --ahead 4)
   LOOPED=(--batch-size 2 --max-new-tokens 4 --gate-lambda 0.3)
   HEAD=(--batch-size 2 --ks 2 --vocab-sizes 0)
+  PREFILL=(--batch-size 2 --max-new-tokens 2 --head-vocab 0)
   RUN_SECONDS=60
   STEP_CAP=600   # seconds per step (CPU, tiny: never reached)
   TESTS=()
@@ -73,6 +74,7 @@ else
   PRETRAIN=(--batch-size 64 --points 4,16)
   LOOPED=(--batch-size 64 --max-new-tokens 32 --repeats 3 --warmup 1)
   HEAD=(--batch-size 64 --ks 6 --repeats 5)
+  PREFILL=(--batch-size 64 --max-new-tokens 16 --repeats 5)   # SmolLM2's 49k vocabulary (the default --head-vocab)
   RUN_SECONDS=60
   STEP_CAP=120   # seconds per benchmark step at most
   # The CUDA tests in parallel where pytest-xdist is installed (many small models: CPU-bound set-up, compiles),
@@ -158,6 +160,7 @@ step looped      "$STEP_CAP" "$PYTHON" $B/bench_looped.py       "${COMMON[@]}" "
 step pretrain    "$STEP_CAP" "$PYTHON" $B/bench_pretrain.py     "${COMMON[@]}" "${COMPILE[@]}" "${PRETRAIN[@]}" --out "$OUT/pretrain.json"
 step coconut_vs_reference "$STEP_CAP" "$PYTHON" $B/bench_latent_step.py "${COMMON[@]}" "${COMPILE[@]}" "${REFERENCE[@]}" --profile --out "$OUT/coconut_vs_reference.json"
 step coconut_head "$STEP_CAP" "$PYTHON" $B/bench_coconut_head.py "${COMMON[@]}" "${COMPILE[@]}" "${HEAD[@]}" --out "$OUT/coconut_head.json"
+step prefill_head "$STEP_CAP" "$PYTHON" $B/bench_prefill_head.py "${COMMON[@]}" "${PREFILL[@]}" --out "$OUT/prefill_head.json"
 
 "$PYTHON" - "$OUT" > "$OUT/SUMMARY.md" <<'EOF'
 import json, sys
@@ -182,6 +185,11 @@ for method in ("cot", "coconut"):
     if metrics.exists() and metrics.read_text().strip():
         records = [json.loads(l) for l in metrics.read_text().splitlines()]
         lines.append(f"- run {method}: {records[-1]['step']} steps in {records[-1]['elapsed_s']:.0f} s, loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}")
+prefill = out / "prefill_head.json"
+if prefill.exists():
+    summary = json.loads(prefill.read_text())["summary"]
+    lines.append("- generation prefill, LM head on every position / on the last: time " + summary["all / last time (median, min)"]
+                 + f", identical answers: {summary['identical greedy answers']}")
 tests = out / "cuda_tests.log"
 if tests.exists() and tests.read_text().strip():
     lines.append(f"- CUDA tests: {tests.read_text().strip().splitlines()[-1]}")

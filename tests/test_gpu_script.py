@@ -30,7 +30,8 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path):
         raise
     assert script.returncode == 0, output[-3000:]
     assert not (out / "FAILED").exists()
-    for name in ("train_loop", "latent_step", "coconut_vs_reference", "eval", "pretrain", "looped", "coconut_head"):
+    for name in ("train_loop", "latent_step", "coconut_vs_reference", "eval", "pretrain", "looped", "coconut_head",
+                 "prefill_head"):
         payload = json.loads((out / f"{name}.json").read_text())
         assert payload["rows"], name
         assert (out / f"{name}.md").exists()
@@ -39,7 +40,7 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path):
         assert records[-1]["step"] == 2
     summary = (out / "SUMMARY.md").read_text()
     assert "MFU cot@k=2" in summary and "run coconut: 2 steps" in summary and "failed steps: none" in summary
-    assert "skipped steps (budget): none" in summary
+    assert "skipped steps (budget): none" in summary and "identical answers: True" in summary
     assert "CUDA tests:" in summary and "skipped" in (out / "cuda_tests.log").read_text()  # no GPU here: collected, skipped
     commands = (out / "COMMAND.md").read_text()
     assert "bench_latent_step.py" in commands and "latentreason.cli train" in commands
@@ -54,6 +55,6 @@ def test_gpu_script_budget_skips_what_does_not_fit(tmp_path):
     assert done.returncode != 0
     skipped = (out / "SKIPPED").read_text().split()
     assert skipped == ["cuda_tests", "latent_step", "train_loop", "run_cot", "run_coconut", "eval", "looped", "pretrain",
-                       "coconut_vs_reference", "coconut_head"]
+                       "coconut_vs_reference", "coconut_head", "prefill_head"]
     assert not (out / "FAILED").exists() and [p.name for p in out.glob("*.json")] == ["env.json"]
     assert "skipped steps (budget): cuda_tests, latent_step" in (out / "SUMMARY.md").read_text()
