@@ -15,6 +15,8 @@ from pathlib import Path
 
 def correct_by_question(run_dir: str) -> list[tuple[str, int]]:
     path = Path(run_dir) / "predictions.jsonl"
+    if not path.is_file():
+        sys.exit(f"error: {path} not found (a finished run writes it; `latentreason eval {run_dir}` re-creates it from the weights, in {run_dir}/eval)")
     return [(row["question"], int(row["correct"])) for row in map(json.loads, path.read_text().splitlines())]
 
 
