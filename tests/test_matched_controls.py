@@ -218,6 +218,7 @@ def test_late_change_is_the_last_quarter_of_the_eval_curve_and_flags_a_cell_stil
     assert h1["late_change"] == pytest.approx(0.1) and h1["control_late_change"] is None and h1["curves"][0]["control"] == []
     table = _control_gains_table(gains, set())
     assert "+0.100 / +0.000" in table and "+0.100 / start (not trained)" in table
+    assert "| no_cot (its start run) |" in table and "| soft_tokens N_L=0 |" in table
 
 
 def test_eval_curve_skips_a_row_still_being_written_but_names_a_damaged_line(tmp_path) -> None:
