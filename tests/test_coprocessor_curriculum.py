@@ -266,8 +266,28 @@ def test_model_card_title_names_the_curriculum_only_when_it_is_on() -> None:
 
     def parts(*overrides: str) -> list[str]:
         config = load_config(None, ["method.name=coprocessor", "method.n_latents=2", "method.coprocessor.variant=h1", *overrides])
-        return identity_parts(config, Coprocessor.identifying_keys)
+        return identity_parts(config, Coprocessor.identity_keys(config.method))
 
     assert parts() == ["h1"]
     assert parts("method.curriculum.enabled=true", "method.curriculum.thoughts_per_step=2") == [
         "h1", "curriculum.enabled=True", "curriculum.thoughts_per_step=2", "curriculum.epochs_per_stage=1"]
+
+
+def test_h2_paced_control_at_n_latents_zero_drops_steps_without_running_the_coprocessor() -> None:
+    """H2 at N_L = 0 with control_stages = 2 (the control paced like an N_L = 4, c = 2 cell): stage k trains the
+    steps after the first k with no latent, and the loss is the Base's alone (the Coprocessor gets no gradient)."""
+    method, _, encoded = make("h2", n_latents=0)
+    paced = dataclasses.replace(method.config, curriculum=CurriculumConfig(enabled=True, control_stages=2))
+    method.start_curriculum(paced, 0)
+    assert method.curriculum.max_stage == 2
+    method.train()
+    for stage in range(4):
+        method.stage = stage
+        batch = method.collate(encoded)
+        assert batch["n_slots"] == 0
+        kept = [t for _, t in rows(batch)]
+        removed = [len(e.step_ids) if stage > 2 else min(stage, len(e.step_ids)) for e in encoded]  # stage 3: all
+        assert kept == [flat(e.step_ids[r:]) + e.answer_ids for e, r in zip(encoded, removed)]
+        method.zero_grad()
+        method(batch).backward()
+        assert all(p.grad is None or not p.grad.any() for p in method.coprocessor.parameters())

@@ -125,3 +125,36 @@ def test_without_latents_thoughts_per_step_changes_nothing_so_one_control_serves
 
     assert identity(0, 2) == identity(0, 4)
     assert identity(8, 2) != identity(8, 4)
+
+
+def test_a_paced_control_removes_the_steps_on_the_latent_cells_schedule_with_no_slot() -> None:
+    """method.curriculum.control_stages at N_L = 0: at every epoch the control trains the same targets as the
+    N_L = 4, c = 2 cell (stage k drops the first k steps), with no soft slot in their place; the plain N_L = 0
+    control goes answer-only after one CoT epoch."""
+    cell, _, encoded = make(n_latents=4, thoughts_per_step=2)
+    paced, _, _ = make(n_latents=0, control_stages=2)
+    plain, _, _ = make(n_latents=0)
+    assert paced.curriculum.max_stage == 2 and plain.curriculum.max_stage == 0
+    for epoch in range(5):
+        for method in (cell, paced, plain):
+            method.set_epoch(epoch)
+        cell_rows, paced_rows, plain_rows = (rows(m.collate(encoded), m) for m in (cell, paced, plain))
+        assert [t for _, _, t in paced_rows] == [t for _, _, t in cell_rows]
+        assert all(n == 0 for _, n, _ in paced_rows) and cell_rows[0][1] == 2 * min(epoch, 2)
+        answer_only = [t == e.answer_ids for (_, _, t), e in zip(plain_rows, encoded)]
+        assert all(answer_only) == (epoch >= 1)
+    assert paced.stage == paced.curriculum.final_stage == 3
+    paced.train()
+    assert torch.isfinite(paced.loss(paced.collate(encoded)))
+
+
+def test_control_stages_only_at_n_latents_zero_with_a_curriculum_and_labels_the_control() -> None:
+    paced = load_config(None, ["method.name=soft_tokens", "method.n_latents=0", "method.curriculum.enabled=true",
+                               "method.curriculum.control_stages=3"]).method
+    assert SoftTokens.label(paced) == "soft_tokens+curriculum(paced 3)"
+    cell = MethodConfig(name="soft_tokens", n_latents=6, curriculum=CurriculumConfig(enabled=True, thoughts_per_step=2))
+    assert SoftTokens.paced_control_overrides(cell) == {"method.n_latents": 0, "method.curriculum.control_stages": 3}
+    assert SoftTokens.paced_control_overrides(MethodConfig(name="soft_tokens", n_latents=6)) is None
+    for bad in (["method.n_latents=4", "method.curriculum.enabled=true"], ["method.n_latents=0"]):
+        with pytest.raises(UserInputError, match="'method.curriculum.control_stages'"):
+            load_config(None, ["method.name=soft_tokens", *bad, "method.curriculum.control_stages=2"])

@@ -129,7 +129,7 @@ def model_card(config: RunConfig, evaluation: dict | None, run_dir: Path, manife
     method = config.method
     method_type = method_class(method.name)
     # The values of the keys that tell this method's configurations apart, e.g. "coprocessor (h2)".
-    identity = ", ".join(identity_parts(config, method_type.identifying_keys))
+    identity = ", ".join(identity_parts(config, method_type.identity_keys(method)))
     label = method.name + (f" ({identity})" if identity else "")
     budget = f", N_L = {method.n_latents}" if method.n_latents else ""
     lines = [

@@ -294,6 +294,8 @@ def identity_value(row: dict[str, Any], key: str, specific: set[str] | None = No
     specific = method_specific_keys() if specific is None else specific
     if key in specific and key not in _method_class(row).identifying_keys:
         return None
+    if key in specific and key not in row:  # a run from before the key existed: it trained with the default
+        return _config_value(method_config(row), key)
     return _hashable(row.get(key))
 
 
@@ -525,7 +527,8 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
             return start_cell(row, by_run, frozen_base_start(row)) or _start_outside(row, outside)
-        return candidates.get(identity(dict(row, **overrides)))
+        paced = _method_class(row).paced_control_overrides(method_config(row))
+        return (paced and candidates.get(identity(dict(row, **paced)))) or candidates.get(identity(dict(row, **overrides)))
 
     def mean_late_change(cells: list[dict[str, Any]]) -> float | None:
         changes = [c for c in (late_change(cell.get("eval_curve") or []) for cell in cells) if c is not None]

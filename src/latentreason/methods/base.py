@@ -156,6 +156,12 @@ class LatentMethod(nn.Module):
         return {"method.n_latents": 0} if cls.latent_budget(config) > 0 else None
 
     @classmethod
+    def paced_control_overrides(cls, config: MethodConfig) -> dict[str, Any] | None:
+        """A better-matched control than `control_overrides`'s, used when the sweep has it (curriculum.py: the
+        N_L = 0 control that removes steps on the cell's schedule); None where there is none."""
+        return None
+
+    @classmethod
     def max_latent_positions(cls, config: MethodConfig) -> int:
         """Upper bound on the positions it adds between question and answer (latents and markers)."""
         return config.n_latents + 2 if cls.inserts_latent_slots else 0

@@ -161,8 +161,7 @@ class Coprocessor(CurriculumStages, LatentMethod):
 
     @classmethod
     def label(cls, config: MethodConfig) -> str:
-        label = f"coprocessor-{config.coprocessor.variant}"
-        return f"{label}+curriculum" if config.curriculum.enabled else label
+        return cls.curriculum_label(f"coprocessor-{config.coprocessor.variant}", config)
 
     @classmethod
     def random_base_warning(cls, config: MethodConfig, backbone: str) -> str | None:

@@ -89,7 +89,8 @@ def stage_batch(curriculum: StepCurriculum, stage: int, examples: Sequence[Encod
             "answer_mask": target_mask, "answer_labels": labels, "n_slots": plans[0].n_latents if plans else 0}
 
 
-CURRICULUM_KEYS = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage")
+CURRICULUM_KEYS = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage",
+                   "method.curriculum.control_stages")
 """The `method.curriculum` keys that tell configurations apart (part of a method's identifying_keys)."""
 
 
@@ -104,11 +105,27 @@ class CurriculumStages:
     def identity_keys(cls, config) -> tuple[str, ...]:
         """Without latents no step gets slots, so every `thoughts_per_step` trains the same run
         (`epochs_per_stage` epochs of CoT, then every step removed): an N_L = 0 curriculum control serves the cells of
-        every thoughts_per_step."""
-        keys = cls.identifying_keys
-        if cls.latent_budget(config) == 0:
-            keys = tuple(k for k in keys if k != "method.curriculum.thoughts_per_step")
-        return keys
+        every thoughts_per_step. `control_stages` exists only at N_L = 0 (a latent cell's stages are N_L / c)."""
+        unused = "method.curriculum.thoughts_per_step" if cls.latent_budget(config) == 0 else "method.curriculum.control_stages"
+        return tuple(k for k in cls.identifying_keys if k != unused)
+
+    @classmethod
+    def curriculum_label(cls, label: str, config) -> str:
+        """`label` with the curriculum marked: "+curriculum", and "(paced K)" for a control paced over K stages."""
+        if not config.curriculum.enabled:
+            return label
+        paced = config.curriculum.control_stages
+        return f"{label}+curriculum" + (f"(paced {paced})" if paced else "")
+
+    @classmethod
+    def paced_control_overrides(cls, config) -> dict | None:
+        """The no-latent control that removes the steps on this cell's schedule (N_L / c stages, nothing in their
+        place), so it trains answer-only exactly as long as the cell; None without a curriculum or latents, or for a
+        frozen Base (its control is the start)."""
+        overrides = cls.control_overrides(config)
+        if not overrides or not config.curriculum.enabled:
+            return None
+        return overrides | {"method.curriculum.control_stages": config.n_latents // config.curriculum.thoughts_per_step}
 
     @classmethod
     def uses_steps(cls, config) -> bool:
@@ -122,8 +139,11 @@ class CurriculumStages:
         """The stage rules of `config.curriculum` over N_L = `n_latents` latents, with `pad_latent_to_max` (one slot
         count per batch: the first k of the N_L slots), and the final stage, which generation always uses."""
         cc = config.curriculum
-        self.curriculum = StepCurriculum(cc.thoughts_per_step, cc.epochs_per_stage, n_latents // cc.thoughts_per_step,
-                                         cc.reset_optimizer, pad_latent_to_max=True, first_stage=first_stage) if cc.enabled else None
+        # A paced control (N_L = 0, control_stages K) runs K stages that remove steps with no slot in their place.
+        slots_per_step = cc.thoughts_per_step if n_latents else 0
+        stages = n_latents // cc.thoughts_per_step if n_latents else cc.control_stages
+        self.curriculum = StepCurriculum(slots_per_step, cc.epochs_per_stage, stages, cc.reset_optimizer,
+                                         pad_latent_to_max=True, first_stage=first_stage) if cc.enabled else None
         self.stage = self.curriculum.final_stage if self.curriculum else 0
 
     def set_epoch(self, epoch: int) -> bool:

@@ -120,6 +120,11 @@ class CurriculumConfig:
     """Epochs spent at each stage (the last, all-steps-removed stage lasts until training ends)."""
     reset_optimizer: bool = True
     """Fresh optimizer state at each stage boundary, as Coconut does."""
+    control_stages: NonNegativeInt = 0
+    """At N_L = 0 only: remove the steps over this many stages (stage k drops the first k steps, with nothing in
+    their place), then the answer-only final stage: the no-latent control paced like a latent cell with
+    N_L / c = control_stages (Coconut's "w/o thought" ablation), which gets as many answer-only steps as that cell.
+    0 (default): one CoT stage, then answer-only. results.control_gains prefers this control where a sweep has it."""
 
 
 CURRICULUM_METHODS = ("soft_tokens", "coprocessor")
@@ -164,6 +169,10 @@ def check_method_options(method: MethodConfig) -> None:
         if method.n_latents % curriculum.thoughts_per_step:
             raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of "
                                  f"method.curriculum.thoughts_per_step={curriculum.thoughts_per_step}")
+    if curriculum.control_stages and (not curriculum.enabled or method.n_latents > 0):
+        raise UserInputError(f"config key 'method.curriculum.control_stages': {curriculum.control_stages} paces a no-latent "
+                             f"control's curriculum, so it needs method.curriculum.enabled=true and method.n_latents=0; got "
+                             f"enabled={curriculum.enabled}, n_latents={method.n_latents} (a latent cell's stages are N_L / c)")
     coconut = method.coconut
     if method.name == "coconut" and method.n_latents > 0 and not coconut.fixed_latents and method.n_latents % coconut.thoughts_per_step:
         raise UserInputError(f"config key 'method.n_latents': {method.n_latents} is not a multiple of method.coconut.thoughts_per_step={coconut.thoughts_per_step}")

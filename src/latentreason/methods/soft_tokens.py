@@ -49,7 +49,7 @@ class SoftTokens(CurriculumStages, LatentMethod):
 
     @classmethod
     def label(cls, config: MethodConfig) -> str:
-        return f"{cls.name}+curriculum" if config.curriculum.enabled else cls.name
+        return cls.curriculum_label(cls.name, config)
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         super().__init__(backbone, config)
