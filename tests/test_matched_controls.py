@@ -286,15 +286,16 @@ def test_a_start_written_relative_to_the_training_directory_is_found_from_any_di
 def test_a_paced_curriculum_control_is_preferred_where_the_sweep_has_one() -> None:
     """A curriculum cell at N_L = 4, c = 2 is compared with the N_L = 0 control paced over its 2 stages when that
     cell exists (it trains answer-only as long as the cell), else with the plain N_L = 0 curriculum control; a run
-    written before control_stages existed (no key) counts as the plain control."""
+    written before control_stages existed (no key) counts as the plain control, and one written before another key
+    existed (task.stream_start) matches newer runs that write its default."""
     curriculum = {"method.curriculum.enabled": True, "method.curriculum.thoughts_per_step": 2}
     rows = starts() + [row(f"soft4_s{s}", "soft_tokens", 0.60, s, f"cot_s{s}", n_latents=4, **curriculum) for s in range(2)]
     rows += [row(f"soft0_s{s}", "soft_tokens", 0.50, s, f"cot_s{s}", n_latents=0, **{"method.curriculum.enabled": True})
              for s in range(2)]  # no control_stages key: an older run
     plain = by(control_gains(rows), **{"method.n_latents": 4})
     assert plain["control"] == "soft_tokens+curriculum N_L=0" and plain["gain_mean"] == pytest.approx(0.10)
-    rows += [row(f"paced_s{s}", "soft_tokens", 0.55, s, f"cot_s{s}", n_latents=0,
-                 **{"method.curriculum.enabled": True, "method.curriculum.control_stages": 2}) for s in range(2)]
+    rows += [row(f"paced_s{s}", "soft_tokens", 0.55, s, f"cot_s{s}", n_latents=0,  # newer runs also write task.stream_start
+                 **{"method.curriculum.enabled": True, "method.curriculum.control_stages": 2, "task.stream_start": 0}) for s in range(2)]
     gains = control_gains(rows)
     paced = by(gains, **{"method.n_latents": 4})
     assert paced["control"] == "soft_tokens+curriculum(paced 2) N_L=0" and paced["seeds"] == 2

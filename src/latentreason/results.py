@@ -14,6 +14,8 @@ which keys identify them) is asked of the method class (`method_config`, `method
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -266,7 +268,7 @@ def _follows_seed(rows: list[dict[str, Any]], key: str, others: list[str], speci
     seen: dict[tuple, Any] = {}
     for row in rows:
         where = tuple(identity_value(row, k, specific) for k in (*SEED_KEYS, *others))
-        if seen.setdefault(where, _hashable(row.get(key))) != _hashable(row.get(key)):
+        if seen.setdefault(where, config_value(row, key)) != config_value(row, key):
             return False
     return True
 
@@ -294,9 +296,20 @@ def identity_value(row: dict[str, Any], key: str, specific: set[str] | None = No
     specific = method_specific_keys() if specific is None else specific
     if key in specific and key not in _method_class(row).identifying_keys:
         return None
-    if key in specific and key not in row:  # a run from before the key existed: it trained with the default
-        return _config_value(method_config(row), key)
-    return _hashable(row.get(key))
+    return config_value(row, key)
+
+
+def config_value(row: dict[str, Any], key: str) -> Any:
+    """The row's value of config key `key`, comparable across runs: a key its config.yaml lacks (written before
+    the key existed) reads as the key's default, which is what that run trained with."""
+    return _hashable(row[key] if key in row else _config_defaults().get(key))
+
+
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    from latentreason.config import RunConfig
+
+    return flatten(dataclasses.asdict(RunConfig()))
 
 
 def group_rows(rows: list[dict[str, Any]], axes: list[str]) -> dict[tuple, list[dict[str, Any]]]:
@@ -514,7 +527,7 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                if not k.startswith("method.") and k != "train.init_from"]
 
     def identity(row: dict[str, Any]) -> tuple:
-        return tuple(_hashable(row.get(k)) for k in context), _start_run(row, by_run), _method_identity(row)
+        return tuple(config_value(row, k) for k in context), _start_run(row, by_run), _method_identity(row)
 
     candidates: dict[tuple, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["run"]):
