@@ -300,3 +300,16 @@ def test_a_paced_curriculum_control_is_preferred_where_the_sweep_has_one() -> No
     paced = by(gains, **{"method.n_latents": 4})
     assert paced["control"] == "soft_tokens+curriculum(paced 2) N_L=0" and paced["seeds"] == 2
     assert paced["gain_mean"] == pytest.approx(0.05)
+
+
+def test_a_configuration_never_mixes_paced_and_plain_controls() -> None:
+    """With a paced control for seed 0 only, seed 0 pairs with it and seed 1 stays unpaired (not paired with the
+    plain control, which would average two kinds of control into one gain)."""
+    curriculum = {"method.curriculum.enabled": True, "method.curriculum.thoughts_per_step": 2}
+    rows = starts() + [row(f"soft4_s{s}", "soft_tokens", 0.60, s, f"cot_s{s}", n_latents=4, **curriculum) for s in range(2)]
+    rows += [row(f"soft0_s{s}", "soft_tokens", 0.50, s, f"cot_s{s}", n_latents=0, **curriculum) for s in range(2)]
+    rows += [row("paced_s0", "soft_tokens", 0.55, 0, "cot_s0", n_latents=0,
+                 **{"method.curriculum.enabled": True, "method.curriculum.control_stages": 2})]
+    entry = by(control_gains(rows), **{"method.n_latents": 4})
+    assert entry["control"].startswith("soft_tokens+curriculum(paced 2)")
+    assert entry["seeds"] == 1 and entry["unpaired"] == 1 and entry["gain_mean"] == pytest.approx(0.05)

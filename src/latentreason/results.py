@@ -540,8 +540,11 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         overrides = control_overrides(row)
         if not overrides:  # {}: training without latents would change nothing (a frozen Base): the start is the control
             return start_cell(row, by_run, frozen_base_start(row)) or _start_outside(row, outside)
+        return candidates.get(identity(dict(row, **overrides)))
+
+    def paced_control_of(row: dict[str, Any]) -> dict[str, Any] | None:
         paced = _method_class(row).paced_control_overrides(method_config(row))
-        return (paced and candidates.get(identity(dict(row, **paced)))) or candidates.get(identity(dict(row, **overrides)))
+        return candidates.get(identity(dict(row, **paced))) if paced else None
 
     def mean_late_change(cells: list[dict[str, Any]]) -> float | None:
         changes = [c for c in (late_change(cell.get("eval_curve") or []) for cell in cells) if c is not None]
@@ -550,7 +553,11 @@ def control_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in group_rows([n for row, n in zip(rows, named) if control_overrides(row) is not None], axes).items():
         overrides = control_overrides(original[id(members[0])])
-        pairs = [(row, control_of(row)) for row in (original[id(m)] for m in members)]
+        cells = [original[id(m)] for m in members]
+        # One kind of control per configuration: the paced one wherever the sweep has it for any seed (seeds
+        # without it stay unpaired), else the plain one; never a mix of the two in one mean.
+        paced = [paced_control_of(row) for row in cells]
+        pairs = list(zip(cells, paced)) if any(paced) else [(row, control_of(row)) for row in cells]
         paired_rows = [(row, control) for row, control in pairs if control is not None]
         gains = [row["accuracy"] - control["accuracy"] for row, control in paired_rows]
         mean, half = mean_ci95(gains) if gains else (None, None)
