@@ -268,7 +268,8 @@ def _follows_seed(rows: list[dict[str, Any]], key: str, others: list[str], speci
     seen: dict[tuple, Any] = {}
     for row in rows:
         where = tuple(identity_value(row, k, specific) for k in (*SEED_KEYS, *others))
-        if seen.setdefault(where, config_value(row, key)) != config_value(row, key):
+        value = config_value(row, key)
+        if seen.setdefault(where, value) != value:
             return False
     return True
 
