@@ -206,3 +206,25 @@ def test_single_run_folders_join_the_claims(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="neither a sweep folder"):
         write_claims([tmp_path / "empty"])
+
+
+def test_a_frozen_base_control_is_named_as_its_start_run(tmp_path) -> None:
+    """H1 trains a Coprocessor beside a frozen Base, so its control is the run it starts from. A cell of the same
+    method trained further may sit in the sweep too, so the claims table says which one the gain is against."""
+    import json
+
+    import yaml
+
+    def cell(name: str, method: dict, accuracy: float, init_from: str | None = None) -> str:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        config = {"method": method, "task": {"name": "prosqa"}, "train": {"seed": 0, **({"init_from": init_from} if init_from else {})}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+        return str(folder)
+
+    start = cell("cot_start", {"name": "cot"}, 0.90)
+    cell("h1_nl3", {"name": "coprocessor", "n_latents": 3, "coprocessor": {"variant": "h1"}}, 0.56, init_from=start)
+    text = write_claims([tmp_path], out=tmp_path / "paper_claims.md")
+    [line] = [line for line in text[text.index("## Every latent configuration"):].splitlines() if "| coprocessor-h1 |" in line]
+    assert "| cot (its start run) |" in line and "-0.340" in line

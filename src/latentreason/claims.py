@@ -30,6 +30,7 @@ from latentreason.results import (
     analysis_summary,
     collect,
     control_gains,
+    control_label,
     late_change_text,
     latent_budget,
     mean_ci95,
@@ -409,7 +410,7 @@ def _controls_section(rows_by_sweep: dict[Path, list[dict[str, Any]]]) -> list[s
             half = g.get("gain_ci95_half")
             gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
             table.append({"sweep": sweep_dir.name, "setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
-                          "control": g["control"] or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain,
+                          "control": control_label(g) or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain,
                           "last-quarter change: cell / control": late_change_text(g)})
     if not table:
         return []

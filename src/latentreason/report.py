@@ -23,6 +23,7 @@ from latentreason.results import (
     analysis_summary,
     collect,
     control_gains,
+    control_label,
     identity_value,
     is_reference,
     late_change_text,
@@ -307,10 +308,7 @@ def _control_gains_table(gains: list[dict[str, Any]], branching_varies: set[str]
             continue
         ci = "" if row["gain_ci95_half"] is None else f" ± {row['gain_ci95_half']:.3f}"
         unpaired = f" ({row['unpaired']} without control)" if row["unpaired"] else ""
-        # A frozen Base's control is the run it starts from, which may share its method name with a cell of
-        # this sweep trained further (CoT continued): say which one the gain is against.
-        control = f"{row['control']} (its start run)" if row["control_is_start"] else row["control"]
-        cells.append(dict(zip(header, [*first, control, f"{row['seeds']}{unpaired}", f"{row['gain_mean']:+.3f}{ci}",
+        cells.append(dict(zip(header, [*first, control_label(row), f"{row['seeds']}{unpaired}", f"{row['gain_mean']:+.3f}{ci}",
                                        f"{row['better']} / {row['equal']} / {row['worse']}", late_change_text(row)])))
     return markdown_table(cells, header)
 

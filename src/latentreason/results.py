@@ -154,6 +154,15 @@ def late_change(curve: list[list[float]]) -> float | None:
     return last - earlier[-1] if earlier else None
 
 
+def control_label(entry: dict[str, Any]) -> str | None:
+    """The control of a `control_gains` entry as the report and the claims name it (None when there is none). A frozen
+    Base's control is the run it starts from, which may share its method name with a cell of the same sweep trained
+    further (CoT continued): the label says which one the gain is against."""
+    if entry["control"] is None:
+        return None
+    return f"{entry['control']} (its start run)" if entry["control_is_start"] else entry["control"]
+
+
 def late_change_text(entry: dict[str, Any]) -> str:
     """"cell / control" last-quarter changes of a `control_gains` entry, as the report and the claims print them
     ("start (not trained)" for a start run used as the control; blank where nothing is paired or measured)."""
