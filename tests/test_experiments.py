@@ -502,3 +502,24 @@ def test_report_plots_learning_curves_beside_the_matched_controls(tmp_path: Path
     text = Path(report.write_report(tmp_path)).read_text()
     assert "plots/curves_vs_control_countdown.png" in text and (tmp_path / "plots/curves_vs_control_countdown.png").stat().st_size > 0
     assert "| soft_tokens N_L=0 | 2 | -0.070 ± 0.000 | 0 / 0 / 2 | +0.100 / +0.000 |" in text
+
+
+def test_sweep_warns_when_seeds_from_one_start_on_one_stream_would_train_identically(capsys) -> None:
+    """From the same finished run on the same fresh-data stream, train.seed changes nothing a CoT, Coconut or
+    N_L = 0 cell uses (session 35: seed 1 repeated seed 0 loss for loss), so the sweep says so before training;
+    replicates that also vary task.seed (their own data) or the start are not flagged."""
+    from latentreason.sweep import replica_seed_cells, warn_replica_seeds
+
+    def cell(seed: int, task_seed: int = 0, init_from: str | None = "runs/cot") -> RunConfig:
+        return from_dict(RunConfig, {"out_dir": f"runs/x/cot_seed-{seed}", "method": {"name": "cot"},
+                                     "task": {"name": "prosqa", "seed": task_seed},
+                                     "train": {"seed": seed, "init_from": init_from}})
+
+    replicas = {"cot_seed-0": (cell(0), []), "cot_seed-1": (cell(1), [])}
+    assert replica_seed_cells(replicas) == [["cot_seed-0", "cot_seed-1"]]
+    warn_replica_seeds("sweep.yaml", replicas)
+    assert "cot_seed-0, cot_seed-1 differ only in train.seed" in capsys.readouterr().err
+    own_data = {"cot_seed-0": (cell(0), []), "cot_seed-1": (cell(1, task_seed=1), [])}
+    from_scratch = {"cot_seed-0": (cell(0, init_from=None), []), "cot_seed-1": (cell(1, init_from=None), [])}
+    own_starts = {"cot_seed-0": (cell(0, init_from="runs/cot0"), []), "cot_seed-1": (cell(1, init_from="runs/cot1"), [])}
+    assert replica_seed_cells(own_data) == replica_seed_cells(from_scratch) == replica_seed_cells(own_starts) == []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 import re
 import shlex
@@ -272,6 +273,36 @@ def warn_finished_cells(out: Path, run_dirs: list[Path]) -> None:
           f"reused, not retrained; to train them yourself pass out_dir=runs/{out.name} (any fresh folder)", file=sys.stderr)
 
 
+def replica_seed_cells(resolved: dict[str, tuple[RunConfig, list[dict]]]) -> list[list[str]]:
+    """Groups of cells that will train identically although their `train.seed` differs: each starts from the
+    same finished run (`train.init_from`) and streams the same fresh data (the same `task.seed`), so the seed
+    draws nothing but the initialisation of parameters the start lacks and dropout. Measured in session 35:
+    Coconut and paced N_L = 0 cells from a SmolLM2 CoT run repeated their seed-0 twins loss for loss. Varying
+    `task.seed` (or `train.init_from`) with the seed gives replicates with their own data or start; the report
+    counts either as part of the seed (results.SEED_FOLLOWING_KEYS)."""
+    from latentreason.config import to_dict
+    from latentreason.data import stream_enabled
+
+    groups: dict[str, list[str]] = {}
+    for name, (cfg, _) in resolved.items():
+        if not cfg.train.init_from or not stream_enabled(cfg.task):
+            continue
+        rest = to_dict(cfg)
+        rest.pop("out_dir")
+        rest["train"].pop("seed")
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=repr), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def warn_replica_seeds(path: str | Path, resolved: dict[str, tuple[RunConfig, list[dict]]]) -> None:
+    """Say before training that some seeds of the sweep are copies of each other (replica_seed_cells)."""
+    for names in replica_seed_cells(resolved):
+        print(f"warning: {path}: cells {', '.join(names)} differ only in train.seed, start from the same "
+              "train.init_from and stream the same task.seed's data, so the seed changes only dropout and the "
+              "initialisation of parameters the start lacks (none for cot, coconut or N_L = 0): such cells train "
+              "identically. For replicates, vary task.seed (or train.init_from) with train.seed.", file=sys.stderr)
+
+
 def check_cell_data(resolved: dict[str, tuple[RunConfig, list[dict]]]) -> dict[str, str]:
     """Load every data file that an unfinished cell names, once per file: {cell name: error} for the cells
     whose file is bad, found before the first cell trains rather than hours into the sweep."""
@@ -344,6 +375,7 @@ def resolve_cells(path: str | Path, sweep: SweepConfig, cells: list[dict[str, An
     for check in (check_cell_data, check_cell_inputs):
         for name, message in check({n: r for n, r in resolved.items() if n not in invalid}).items():
             invalid.setdefault(name, f"{path}: cell {name}: {message}")
+    warn_replica_seeds(path, {n: r for n, r in resolved.items() if n not in invalid})
     return resolved, invalid
 
 
