@@ -281,11 +281,15 @@ def replica_seed_cells(resolved: dict[str, tuple[RunConfig, list[dict]]]) -> lis
     `task.seed` (or `train.init_from`) with the seed gives replicates with their own data or start; the report
     counts either as part of the seed (results.SEED_FOLLOWING_KEYS)."""
     from latentreason.config import to_dict
+    from latentreason.data import stream_enabled
 
     groups: dict[str, list[str]] = {}
     for name, (cfg, _) in resolved.items():
-        streams = cfg.task.stream is not False and not cfg.task.train_path  # data.stream_enabled, without its error
-        if not cfg.train.init_from or not streams:  # (a contradictory stream setting fails when the cell trains)
+        try:
+            streams = stream_enabled(cfg.task)
+        except UserInputError:  # a contradictory stream setting: the cell fails with it when it trains
+            continue
+        if not cfg.train.init_from or not streams:
             continue
         rest = to_dict(cfg)
         rest.pop("out_dir")
