@@ -67,6 +67,21 @@ def test_a_finished_run_without_weights_says_how_to_recreate_them(tmp_path, args
     assert "latentreason train runs/finished/config.yaml out_dir=NEW_DIR" in stderr and "did it finish" not in stderr
 
 
+def test_recreating_missing_weights_names_the_host_they_were_trained_on(tmp_path):
+    # The same config re-created on another kind of CPU or thread count is another draw, not the same weights
+    # (session 36): the remedy says where the original ran, from its environment.jsonl, still without torch.
+    run = tmp_path / "runs" / "finished"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: cot}\n")
+    (run / "done.json").write_text("{}")
+    (run / "environment.jsonl").write_text('{"from_step": 0, "processor": "AMD EPYC", "torch_threads": 1}\n'
+                                           '{"from_step": 51, "processor": "Intel(R) Xeon(R)", "torch_threads": 2}\n')
+    outcome, stderr = run_cli_probe(["train", "train.init_from=runs/finished"], cwd=tmp_path)
+    assert outcome == {"code": 2, "heavy": []}, stderr
+    assert "trained on AMD EPYC with 1 torch thread(s)" in stderr and "another draw" in stderr
+    assert stderr.count("\n") == 1
+
+
 def test_bad_data_file_fails_before_torch_is_imported(tmp_path):
     (tmp_path / "bad.json").write_text('[{"question": "q"}]')
     outcome, stderr = run_cli_probe(["train", "task.name=gsm8k", "task.train_path=bad.json"], cwd=tmp_path)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,6 +53,24 @@ def check_init_from(config: RunConfig) -> None:
                 f"{their_name} text; start from a {config.task.name} run", path=where)
 
 
+def recorded_host_caveat(run_dir: Path) -> str:
+    """Where the run was trained, from the first row of its environment.jsonl, as a caveat for re-creating it: the
+    same config and seed give the same weights only on the same kind of CPU with the same thread count (session 36:
+    the 10-node SmolLM2 CoT run re-created on an Intel host with two threads scored 0.924 where the AMD, one-thread
+    original scored 0.900; session 30's re-creation on the original's kind of host was exact). Read as plain JSON
+    lines so that this check stays free of torch."""
+    try:
+        first = (run_dir / "environment.jsonl").read_text().splitlines()[0]
+        row = json.loads(first)
+    except (OSError, IndexError, ValueError):
+        return ""
+    if not isinstance(row, dict) or not row.get("processor"):
+        return ""
+    return (f" (it was trained on {row['processor']} with {row.get('torch_threads', '?')} torch thread(s), "
+            "environment.jsonl; re-created on another kind of CPU or thread count it is another draw of the same recipe, "
+            "not the same weights)")
+
+
 def missing_weights_remedy(run_dir: str | Path) -> str:
     """What to do about a run dir without final weights. A finished run whose weights are gone is the usual case
     in a fresh clone: results/ commits a run's config, metrics and eval, never its weights (.gitignore), yet later
@@ -59,7 +78,8 @@ def missing_weights_remedy(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if (run_dir / "done.json").is_file() and (run_dir / "config.yaml").is_file():
         return (f"it finished, but its weights are not here (results/ keeps weights out of git); re-create them with "
-                f"`latentreason train {run_dir / 'config.yaml'} out_dir=NEW_DIR`, then move NEW_DIR/model.safetensors into {run_dir}")
+                f"`latentreason train {run_dir / 'config.yaml'} out_dir=NEW_DIR`, then move NEW_DIR/model.safetensors into {run_dir}"
+                + recorded_host_caveat(run_dir))
     return "train that run first (runs from a fresh clone have no runs/ yet)"
 
 
