@@ -79,6 +79,7 @@ def test_recreating_missing_weights_names_the_host_they_were_trained_on(tmp_path
     outcome, stderr = run_cli_probe(["train", "train.init_from=runs/finished"], cwd=tmp_path)
     assert outcome == {"code": 2, "heavy": []}, stderr
     assert "trained on AMD EPYC with 1 torch thread(s)" in stderr and "another draw" in stderr
+    assert "then Intel(R) Xeon(R) with 2 torch thread(s) from step 51" in stderr  # a run resumed elsewhere names both
     assert stderr.count("\n") == 1
 
 

@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from latentreason.results import read_metrics
 
 ENVIRONMENT_FILE = "environment.jsonl"
@@ -70,6 +68,8 @@ def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
 
 def describe_environment(processes: int = 1) -> dict[str, Any]:
     """Versions, CPU kernel level, threads, GPU and code commit of this process (see the module docstring)."""
+    import torch  # here, not at the top: reading environment.jsonl (read_segments) must not need torch
+
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),

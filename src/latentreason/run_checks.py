@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from latentreason.backbone_names import TINY_BACKBONE_NAMES
 from latentreason.config import RunConfig, read_yaml
+from latentreason.environment import read_segments  # light: torch is imported only to describe this process
 from latentreason.errors import UserInputError
 from latentreason.methods import method_class  # light: the method classes load on the first call
 
@@ -54,21 +54,21 @@ def check_init_from(config: RunConfig) -> None:
 
 
 def recorded_host_caveat(run_dir: Path) -> str:
-    """Where the run was trained, from the first row of its environment.jsonl, as a caveat for re-creating it: the
-    same config and seed give the same weights only on the same kind of CPU with the same thread count (session 36:
-    the 10-node SmolLM2 CoT run re-created on an Intel host with two threads scored 0.924 where the AMD, one-thread
-    original scored 0.900; session 30's re-creation on the original's kind of host was exact). Read as plain JSON
-    lines so that this check stays free of torch."""
+    """Where the run was trained, from its environment.jsonl (one row per segment: a start and each resume), as a
+    caveat for re-creating it: the same config and seed give the same weights only on the same kind of CPU with the
+    same thread count (session 36: the 10-node SmolLM2 CoT run re-created on an Intel host with two threads scored
+    0.924 where the AMD, one-thread original scored 0.900; session 30's re-creation on the original's kind of host
+    was exact)."""
     try:
-        first = (run_dir / "environment.jsonl").read_text().splitlines()[0]
-        row = json.loads(first)
-    except (OSError, IndexError, ValueError):
+        segments = read_segments(run_dir)
+    except (OSError, ValueError):
         return ""
-    if not isinstance(row, dict) or not row.get("processor"):
+    hosts = [f"{row['processor']} with {row.get('torch_threads', '?')} torch thread(s) from step {row.get('from_step', '?')}"
+             for row in segments if isinstance(row, dict) and row.get("processor")]
+    if not hosts:
         return ""
-    return (f" (it was trained on {row['processor']} with {row.get('torch_threads', '?')} torch thread(s), "
-            "environment.jsonl; re-created on another kind of CPU or thread count it is another draw of the same recipe, "
-            "not the same weights)")
+    return (f" (it was trained on {', then '.join(hosts)}, environment.jsonl; re-created on another kind of CPU or "
+            "thread count it is another draw of the same recipe, not the same weights)")
 
 
 def missing_weights_remedy(run_dir: str | Path) -> str:
