@@ -228,3 +228,30 @@ def test_a_frozen_base_control_is_named_as_its_start_run(tmp_path) -> None:
     text = write_claims([tmp_path], out=tmp_path / "paper_claims.md")
     [line] = [line for line in text[text.index("## Every latent configuration"):].splitlines() if "| coprocessor-h1 |" in line]
     assert "| cot (its start run) |" in line and "-0.340" in line
+
+
+def test_seed_replicate_sweeps_pool_their_controls(tmp_path) -> None:
+    """Seeds run as separate sweeps (one config per task.seed, each from its own start) pool into one row with the
+    seeds of all of them; each sweep alone pairs one seed."""
+    import json
+
+    import yaml
+
+    def cell(sweep: str, name: str, method: dict, seed: int, accuracy: float) -> None:
+        folder = tmp_path / sweep / "runs" / name
+        folder.mkdir(parents=True)
+        config = {"method": method, "task": {"name": "prosqa", "seed": seed},
+                  "train": {"seed": seed, "init_from": f"/starts/cot_draw{seed}"}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "eval.json").write_text(json.dumps({"accuracy": accuracy, "accuracy_ci95": [0.0, 1.0]}))
+
+    gaps = [-0.10, -0.12, -0.08]
+    for seed, gap in enumerate(gaps):
+        cell(f"seed{seed}", f"coconut_seed-{seed}", {"name": "coconut", "n_latents": 3}, seed, 0.90 + gap)
+        cell(f"seed{seed}", f"cot_seed-{seed}", {"name": "cot"}, seed, 0.90)
+    text = write_claims([tmp_path / f"seed{s}" for s in range(3)], out=tmp_path / "paper_claims.md")
+    lines = [line for line in text[text.index("## Every latent configuration"):].splitlines() if "| coconut |" in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| seed0", "| seed1", "| seed2", "| pooled over the sweeps"]
+    mean, half = statistics.fmean(gaps), 4.303 * statistics.stdev(gaps) / 3 ** 0.5
+    assert f"| cot | 3 | {mean:+.3f} ± {half:.3f} |" in lines[-1]
+    assert all("| cot | 1 |" in line for line in lines[:3])

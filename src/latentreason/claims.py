@@ -400,23 +400,36 @@ def _claim_section(number: int, claim: Claim) -> list[str]:
     return lines
 
 
+def _control_row(sweep: str, g: dict[str, Any]) -> dict[str, Any]:
+    half = g.get("gain_ci95_half")
+    gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
+    return {"sweep": sweep, "setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
+            "control": control_label(g) or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain,
+            "last-quarter change: cell / control": late_change_text(g)}
+
+
 def _controls_section(rows_by_sweep: dict[Path, list[dict[str, Any]]]) -> list[str]:
     # Per sweep, as its report pairs them: within one sweep a start that changes with the seed (seed s from the
-    # seed-s No-CoT run) is a seed, but across sweeps train.init_from also tells regimes apart, so pooling the
-    # sweeps would split every configuration into one-seed rows.
-    table = []
+    # seed-s No-CoT run) is a seed, but across sweeps train.init_from also tells regimes apart, so pooling
+    # sweeps of different regimes would split every configuration into one-seed rows. Sweeps that are seed
+    # replicates of one another (one config per task.seed, each from its own start) do pool: their rows pooled
+    # pair more seeds than any one sweep, and only such pooled rows are added.
+    table, most_seeds = [], {}
     for sweep_dir, rows in rows_by_sweep.items():
         for g in control_gains(rows):
-            half = g.get("gain_ci95_half")
-            gain = "no control cell" if g["gain_mean"] is None else f"{g['gain_mean']:+.3f}" + (f" ± {half:.3f}" if half is not None else " (one seed)")
-            table.append({"sweep": sweep_dir.name, "setting": setting(g), "method": method_label(g), "N_L": latent_budget(g),
-                          "control": control_label(g) or f"missing: {g['wanted']}", "seeds paired": g["seeds"], "gain over control": gain,
-                          "last-quarter change: cell / control": late_change_text(g)})
+            table.append(_control_row(sweep_dir.name, g))
+            key = (setting(g), method_label(g), latent_budget(g))
+            most_seeds[key] = max(most_seeds.get(key, 0), g["seeds"])
+    if len(rows_by_sweep) > 1:
+        pooled = control_gains([row for rows in rows_by_sweep.values() for row in rows])
+        table += [_control_row("pooled over the sweeps", g) for g in pooled
+                  if g["seeds"] > most_seeds.get((setting(g), method_label(g), latent_budget(g)), 0)]
     if not table:
         return []
     return ["## Every latent configuration against its matched no-latent control", "",
             "Same start, same extra steps, paired by seed within each sweep (results.control_gains, as in each sweep's",
-            "report). A frozen-Base cell (liu, H1) is compared with the run its Base comes from, scored on the same eval",
+            "report); 'pooled over the sweeps' rows pair the seeds of sweeps that replicate one configuration. A",
+            "frozen-Base cell (liu, H1) is compared with the run its Base comes from, scored on the same eval",
             "examples. Last-quarter change: held-out accuracy at the last periodic evaluation minus at 75% of the steps",
             "(mean over the paired cells; 'start (not trained)' = the control is the start run): a cell still",
             "climbing beside a flat control had not converged, so its gap holds for this training budget only.", "",
