@@ -76,7 +76,7 @@ def main() -> None:
             rows[-1]["speedup"] = speedup
             summary[f"V={row['vocab']}, k={row['k']}: all_logits / lean step (median, min)"] = f"{speedup:.2f}, {speedup_min:.2f}"
     columns = ["name", "side", "vocab", "k", "tokens", "head_positions_skipped", "ms", "min_s", "max_s", "speedup"]
-    common.report(f"Coconut step, LM head on every pass vs the final pass only, size={args.size}, batch={args.batch_size}",
+    common.report(f"Coconut step, LM head on every pass vs the final pass only, {common.model_label(args)}, batch={args.batch_size}",
                   args, env, rows, columns, summary)
 
 

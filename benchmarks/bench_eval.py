@@ -189,7 +189,7 @@ def main() -> None:
     summary["how memory is measured"] = common.peak_memory(lambda: None, env.device)["how"]
     columns = ["method", "side", "batch", "ms", "min_s", "max_s", "answers/s", "tokens/s", "new_tokens", "flops", "mfu", "peak_mb",
                "speedup_vs_naive", "speedup_min"]
-    common.report(f"Generation, size={args.size}, {args.batch_size} answers, max_new_tokens={args.max_new_tokens}", args, env, rows, columns, summary)
+    common.report(f"Generation, {common.model_label(args)}, {args.batch_size} answers, max_new_tokens={args.max_new_tokens}", args, env, rows, columns, summary)
 
 
 if __name__ == "__main__":

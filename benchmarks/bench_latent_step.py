@@ -219,7 +219,7 @@ def main() -> None:
     columns = ["name", "method", "k", "tokens", "ms", "min_s", "max_s", "tokens/s", "peak_mb", "flops", "mfu", "ref", "ratio", "ratio_min"]
     if args.profile:
         summary["profile"] = "tables below (torch.profiler, 3 steps each, self time)"
-    common.report(f"Latent training step, size={args.size}, batch={args.batch_size}", args, env, rows, columns, summary)
+    common.report(f"Latent training step, {common.model_label(args)}, batch={args.batch_size}", args, env, rows, columns, summary)
     if args.profile:
         common.profile_tables({name: fns[name] for name in (f"coconut@k={kmax}", f"cot@k={kmax}") if name in fns}, env, args.out)
 

@@ -141,7 +141,7 @@ def main() -> None:
     summary["how memory is measured"] = common.peak_memory(lambda: None, env.device)["how"]
     columns = ["name", "ms", "min_s", "max_s", "tokens", "tokens/s", "mean_exit_loop", "early_exit_share", "flops",
                "flops_vs_all_loops", "mfu", "peak_mb", "speedup", "speedup_min"]
-    title = (f"Looped Q-exit decoding, size={args.size}, T={args.loops}, kv={args.kv_policy}, {args.batch_size} examples "
+    title = (f"Looped Q-exit decoding, {common.model_label(args)}, T={args.loops}, kv={args.kv_policy}, {args.batch_size} examples "
              f"decoded {chunk} at a time, max_new_tokens={args.max_new_tokens}")
     if args.profile:
         summary["profile"] = "tables below (torch.profiler, 3 calls each, self time)"

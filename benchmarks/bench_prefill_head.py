@@ -74,7 +74,7 @@ def main() -> None:
     summary = {"identical greedy answers": same, "all / last time (median, min)": f"{speedup:.2f}, {speedup_min:.2f}",
                "all - last peak memory (MB)": rows[1]["peak_mb"] - rows[0]["peak_mb"]}
     columns = ["name", "vocab", "batch", "prompt_tokens", "ms", "min_s", "max_s", "peak_mb"]
-    common.report(f"Generation prefill, LM head on the last position vs every position, size={args.size}",
+    common.report(f"Generation prefill, LM head on the last position vs every position, {common.model_label(args)}",
                   args, env, rows, columns, summary)
     if not same:
         raise SystemExit("the two sides gave different answers")

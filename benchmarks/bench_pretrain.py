@@ -89,7 +89,7 @@ def main() -> None:
             summary[f"M={m}: target >= M/2 = {m / 2:g}x"] = "met" if speedup >= m / 2 else "MISSED"
     summary["how memory is measured"] = common.peak_memory(lambda: None, env.device)["how"]
     columns = ["name", "side", "M", "target_tokens", "ms", "min_s", "max_s", "tokens/s", "peak_mb", "flops", "mfu", "speedup_vs_sequential", "speedup_min"]
-    title = f"Coprocessor pretraining step, size={args.size}, batch={args.batch_size}x{args.seq_len}, N_L={args.n_latents}, N_A={args.ahead}"
+    title = f"Coprocessor pretraining step, {common.model_label(args)}, batch={args.batch_size}x{args.seq_len}, N_L={args.n_latents}, N_A={args.ahead}"
     common.report(title, args, env, rows, columns, summary)
 
 

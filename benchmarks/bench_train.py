@@ -197,7 +197,7 @@ def main() -> None:
     summary["timing"] = f"median of {args.repeats} repeats per side, {timed} steps each, sides interleaved; the machine may be shared (read the ratios)"
     columns = ["name", "batches", "steps", "ms/step", "min_s", "max_s", "useful_tokens", "computed_tokens", "useful/computed", "tokens/s",
                "computed_tokens/s", "mfu", "vs_minimal_tokens/s", "vs_minimal_min"]
-    title = f"Training loop, {args.method} on {args.task}, size={args.size}, batch={args.batch_size}, {args.steps} steps ({timed} timed)"
+    title = f"Training loop, {args.method} on {args.task}, {common.model_label(args)}, batch={args.batch_size}, {args.steps} steps ({timed} timed)"
     common.report(title, args, env, rows, columns, summary)
     shutil.rmtree(scratch, ignore_errors=True)
 

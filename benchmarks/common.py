@@ -27,6 +27,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from latentreason.backbone_names import TINY_BACKBONE_NAMES  # noqa: E402
 from latentreason.backbones import Backbone, build_backbone  # noqa: E402
 from latentreason.batching import to_device  # noqa: E402,F401  (common.to_device: the benchmarks' name for it)
 from latentreason.config import MethodConfig, ModelConfig  # noqa: E402
@@ -39,7 +40,13 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4},
     "small": {"n_layer": 12, "n_embd": 768, "n_head": 12},  # GPT-2 small's body (offline 1k-token vocabulary)
 }
-"""--size presets for the gpt2-tiny backbone."""
+"""--size presets for the random-init backbones (gpt2-tiny, qwen3-tiny, llama-tiny)."""
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """What a report's title says the model was: `size=tiny` for a random-init backbone (sized by --size), the
+    backbone's name for a pretrained one, whose size --size does not change."""
+    return f"size={args.size}" if args.backbone in TINY_BACKBONE_NAMES else f"backbone={args.backbone}"
 
 BF16_PEAK_FLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756e12),
