@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 from transformers import (
+    AddedToken,
     AutoModelForCausalLM,
     AutoTokenizer,
     DynamicCache,
@@ -103,11 +104,13 @@ def known_backbones() -> list[str]:
 
 
 def build_backbone(
-    cfg: ModelConfig, corpus: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None
+    cfg: ModelConfig, corpus: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
+    words: Sequence[str] = (),
 ) -> Backbone:
     """Resolve `cfg.backbone` to a model + tokenizer that know the latent special tokens.
 
     From-scratch models need either a tokenizer (e.g. one saved in a run dir) or a corpus to train one on.
+    `words`: names that get a token of their own where the tokenizer splits them (`add_word_tokens`).
     """
     name = cfg.backbone
     if name in TINY_BACKBONES:
@@ -117,6 +120,7 @@ def build_backbone(
             tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab_size)
         add_latent_tokens(tokenizer)
         model = TINY_BACKBONES[name](cfg, len(tokenizer))
+        add_word_tokens(model, tokenizer, words)
         return Backbone(model, tokenizer, from_scratch=True)
     if name == "smollm2-135m":
         gguf = smollm2_gguf_path()
@@ -138,7 +142,35 @@ def build_backbone(
     add_latent_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
+    add_word_tokens(model, tokenizer, words)
     return Backbone(model, tokenizer, from_scratch=False)
+
+
+def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[str]:
+    """Add " word" as one token for each word the tokenizer splits into pieces; returns the words added.
+
+    The token includes its leading space (every ProsQA name follows one: "Every wumpus", "is a wumpus") and is
+    matched on the raw text, so " wumpus" becomes one id and the rest of the text tokenises as before. Its
+    input (and, if untied, output) embedding starts at the mean of its pieces' rows, so the pretrained model
+    first reads the new token roughly as it read the pieces. A tokenizer that already has the words (one
+    reloaded from a run dir) adds nothing; the model is then resized by the caller and its weights loaded.
+    """
+    pieces = {word: tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in words}
+    new = [word for word, ids in pieces.items() if len(ids) > 1]
+    if not new:
+        return []
+    tokenizer.add_tokens([AddedToken(" " + word, normalized=False, special=False) for word in new])
+    model.resize_token_embeddings(len(tokenizer))
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not tables[0]:
+        tables.append(output.weight)
+    with torch.no_grad():
+        for word in new:
+            row = tokenizer.convert_tokens_to_ids(" " + word)
+            for table in tables:
+                table[row] = table[pieces[word]].mean(dim=0)
+    return new
 
 
 # ----------------------------------------------------------------------------- calling a model

@@ -267,6 +267,16 @@ class StreamWindow(Sequence):
         return self.stream.examples(self.start + index, 1)[0]
 
 
+def made_up_words(task_name: str) -> list[str]:
+    """The invented names of a task, which no pretrained tokenizer has as words (`model.word_tokens`)."""
+    if task_name != "prosqa":
+        raise UserInputError(f"model.word_tokens: task {task_name} has no made-up names to give tokens of their own; "
+                             "set it only for prosqa")
+    from latentreason.tasks.prosqa import CONCEPT_NAMES
+
+    return list(CONCEPT_NAMES)
+
+
 def vocabulary_texts(task_name: str) -> list[str]:
     """Text that puts a task's whole fixed vocabulary into a tokenizer's training corpus.
 

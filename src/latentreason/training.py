@@ -34,7 +34,7 @@ from latentreason.backbones import TINY_BACKBONES, build_backbone
 from latentreason.batching import bucket_by_length, epoch_order, example_length, to_device
 from latentreason.config import RunConfig, TrainConfig, deep_merge, read_yaml, save_config, to_dict
 from latentreason.curves import json_line, learning_curve_step, plot_baselines, plot_learning_curves
-from latentreason.data import ExampleStream, load_splits, stream_enabled, vocabulary_texts
+from latentreason.data import ExampleStream, load_splits, made_up_words, stream_enabled, vocabulary_texts
 from latentreason.environment import record_segment
 from latentreason.errors import UserInputError
 from latentreason.evaluation import evaluate, task_baselines
@@ -112,7 +112,8 @@ def build_run(cfg: RunConfig, out_dir: Path | None = None) -> Run:
             break
     seed_everything(cfg.train.seed)  # model init depends only on the seed, not on what ran before
     corpus = example_texts(train_examples) + vocabulary_texts(cfg.task.name) if cfg.model.backbone in TINY_BACKBONES and tokenizer is None else None
-    backbone = build_backbone(cfg.model, corpus=corpus, tokenizer=tokenizer)
+    words = made_up_words(cfg.task.name) if cfg.model.word_tokens else ()
+    backbone = build_backbone(cfg.model, corpus=corpus, tokenizer=tokenizer, words=words)
     method = build_method(cfg.method, backbone)
     if cfg.train.init_from:
         load_weights(method, ckpt.weights_path(cfg.train.init_from), strict=False)
