@@ -160,6 +160,13 @@ def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if not new:
         return []
     tokenizer.add_tokens([AddedToken(" " + word, normalized=False, special=False) for word in new])
+    sample = f"Every {new[0]} is a {new[-1]}. Tom is a {new[0]}."
+    if tokenizer.decode(tokenizer(sample, add_special_tokens=False)["input_ids"]) != sample:
+        # A tokenizer that puts a space before every piece of text (add_prefix_space, as tiny backbones' own do)
+        # would encode the text after each new token with a space it does not have.
+        raise UserInputError(
+            "model.word_tokens: this tokenizer adds a space before each piece of text, so text around an added word would "
+            "change; tiny backbones' tokenizers are trained on the task's names already (raise model.tokenizer_vocab_size instead)")
     model.resize_token_embeddings(len(tokenizer))
     tables = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
