@@ -147,6 +147,12 @@ class TrainConfig:
     """auto (bf16 on GPUs that support it, fp32 on CPU), fp32, bf16."""
     checkpoint_every: NonNegativeInt = 0
     """Save a checkpoint every N optimizer steps (0: only at epoch ends and at the end)."""
+    return_memory_every: NonNegativeInt = 0
+    """Every N optimizer steps hand the CPU allocator's free pages back to the OS (glibc's malloc_trim; 0: never).
+    Variable-length batches fragment glibc's heap: a default-size SmolLM2 ProsQA run grew to 20-24 GB resident
+    and was OOM-killed; resumed with 1, the same steps stayed at 5-14 GB but took ~1.1x the time (freed pages are
+    faulted in again; docs/LOG.md, session 39). Training arithmetic is unchanged (equal losses), so a resume may
+    switch it."""
     log_every: PositiveInt = 10
     eval_every: NonNegativeInt = 0
     """Learning curves: every N optimizer steps (and at the last one) score the held-out eval split and a

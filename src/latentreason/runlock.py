@@ -22,10 +22,12 @@ from latentreason.errors import UserInputError
 
 LOCK_FILE = ".lock"
 
-RESUME_IGNORED_KEYS = ("out_dir", "eval.", "train.log_every", "train.checkpoint_every", "train.tensorboard", "train.trackers", "train.nonfinite")
+RESUME_IGNORED_KEYS = ("out_dir", "eval.", "train.log_every", "train.checkpoint_every", "train.tensorboard", "train.trackers", "train.nonfinite",
+                       "train.return_memory_every")
 """Config keys that may change when an unfinished run resumes: none changes what the resumed steps compute
 (out_dir: a run dir may be moved; eval.*: evaluation runs after training, so a bad eval value is fixed
-by re-running with the right one; logging, checkpoint frequency, and what to do at the next non-finite step)."""
+by re-running with the right one; logging, checkpoint frequency, what to do at the next non-finite step, and how often
+freed memory goes back to the OS)."""
 
 
 def is_main_rank() -> bool:

@@ -162,7 +162,7 @@ def return_freed_memory() -> bool:
 
     Batches of varying length leave glibc's heap fragmented on CPU: a default-size SmolLM2 ProsQA run grew from 12 to
     22 GB resident over 60 steps and was OOM-killed at 24 GB, while the same resume with large blocks mmap'd stayed at
-    4.5-9 GB (docs/LOG.md, session 39). Called once per step; it costs milliseconds against seconds per step."""
+    4.5-9 GB (docs/LOG.md, session 39). The loop calls it every `train.return_memory_every` steps."""
     trim = _glibc_malloc_trim()
     if trim is None:
         return False
@@ -425,8 +425,9 @@ def run_steps(loop: Loop, progress: bool, stop_after_steps: int | None, stop: St
                 if state["global_step"] >= loop.total_steps or state.get("early_stopped"):
                     break
                 loss, grad_norm = optimizer_step(loop, examples, order[step_in_epoch * per_step: (step_in_epoch + 1) * per_step], epoch)
-                return_freed_memory()
                 state["global_step"] += 1
+                if tc.return_memory_every and state["global_step"] % tc.return_memory_every == 0:
+                    return_freed_memory()
                 state["epoch"], state["step_in_epoch"] = epoch, step_in_epoch + 1
                 if state["step_in_epoch"] == loop.steps_per_epoch:
                     state["epoch"], state["step_in_epoch"] = epoch + 1, 0
