@@ -1,4 +1,5 @@
-"""return_freed_memory: the training loop hands glibc's free heap pages back to the OS after every step."""
+"""return_freed_memory: the training loop hands glibc's free heap pages back to the OS every
+`train.return_memory_every` steps."""
 
 from __future__ import annotations
 
