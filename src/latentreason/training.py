@@ -161,7 +161,7 @@ def return_freed_memory() -> bool:
     """Hand the pages that glibc's allocator holds free back to the OS (`malloc_trim(0)`); False where there is none.
 
     Batches of varying length leave glibc's heap fragmented on CPU: a default-size SmolLM2 ProsQA run grew from 12 to
-    22 GB resident over 60 steps and was OOM-killed at 24 GB; the same steps trimmed after each one stayed at 5-13.8 GB
+    22 GB resident over 60 steps and was OOM-killed at 24 GB; resumed later and trimmed after every step, it stayed at 5-13.8 GB
     (docs/LOG.md, session 39). The loop calls it every `train.return_memory_every` steps."""
     trim = _glibc_malloc_trim()
     if trim is None:
