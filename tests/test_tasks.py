@@ -417,6 +417,22 @@ def test_gsm8k_real_test_file_loads():
     assert task.score(f"{' '.join(first.steps)}\n{ANSWER_MARKER}{first.answer}", first)
 
 
+def test_max_reasoning_steps_keeps_short_solutions_before_the_size_cap(tmp_path):
+    from latentreason.config import TaskConfig
+    from latentreason.data import load_split
+
+    rows = [{"question": f"q{i}", "answer": " ".join(f"<<{j}+1={j + 1}>>" for j in range(i % 4)) + f"\n#### {i}"}
+            for i in range(12)]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TaskConfig(name="gsm8k", train_path=str(path), eval_path=str(path), train_size=4, max_reasoning_steps=1)
+    kept = load_split(cfg, "train")
+    assert [e.question for e in kept] == ["q0", "q1", "q4", "q5"]  # filtered first, then capped at 4
+    assert all(len(e.steps) <= 1 for e in kept)
+    with pytest.raises(UserInputError, match="max_reasoning_steps=1 filters a loaded file"):
+        load_split(TaskConfig(name="prosqa", max_reasoning_steps=1), "test")
+
+
 def test_gsm8k_parse_solution():
     steps, answer = parse_solution("a <<80000+50000=130000>>130,000 b <<2*3=6>>6\n#### 70,000")
     assert steps == ["<<80000+50000=130000>>", "<<2*3=6>>"] and answer == "70000"

@@ -87,6 +87,10 @@ class TaskConfig:
     """Number of generated training examples (or cap on loaded ones; 0 = all loaded)."""
     eval_size: NonNegativeInt = 200
     """Number of generated evaluation examples (or cap on loaded ones; 0 = all loaded)."""
+    max_reasoning_steps: NonNegativeInt = 0
+    """Loaded files only: keep the examples whose solution has at most this many reasoning steps (0: all),
+    before `train_size` / `eval_size` cap them, e.g. GSM8K's one- and two-step problems, where a latent budget
+    of N_L = 2c covers every step. Generated splits set their size through the generator's own params."""
     seed: int = 0
     """Generator seed for the training split; the eval split uses seed + 1_000_003."""
     branching: int = 4

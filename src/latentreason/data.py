@@ -92,8 +92,14 @@ def load_split(cfg: TaskConfig, split: str) -> list[Example]:
     task = get_task(cfg.name)
     path = cfg.train_path if split == "train" else cfg.eval_path
     size = cfg.train_size if split == "train" else cfg.eval_size
+    if cfg.max_reasoning_steps and not path:
+        raise UserInputError(f"task.max_reasoning_steps={cfg.max_reasoning_steps} filters a loaded file, but the {split} split "
+                             f"of task {cfg.name!r} is generated; set task.{'train' if split == 'train' else 'eval'}_path "
+                             "(or limit the steps through the generator's task.params)")
     if path:
         examples = task.load(path)
+        if cfg.max_reasoning_steps:
+            examples = [e for e in examples if len(e.steps) <= cfg.max_reasoning_steps]
         if size:
             examples = examples[:size]
     elif split == "train" and stream_enabled(cfg):
