@@ -484,6 +484,8 @@ def test_report_names_cells_whose_answers_were_cut_off(tmp_path: Path) -> None:
     text = Path(report.write_report(tmp_path)).read_text()
     assert "**Answers cut off by the decoding budget**" in text and "countdown cot N_L=0 (84%)" in text  # b is one value: not named
     assert "no_cot N_L=0" not in text.split("cut off by the decoding budget")[1].split("\n")[0]
+    eval_json.write_text(json.dumps(json.loads(eval_json.read_text()) | {"truncated_rate": 1 / 440}))
+    assert "countdown cot N_L=0 (0.2%)" in Path(report.write_report(tmp_path)).read_text()  # one answer is not "0%"
 
 
 def test_report_plots_learning_curves_beside_the_matched_controls(tmp_path: Path) -> None:

@@ -96,6 +96,11 @@ def plot_accuracy(rows: list[dict[str, Any]], x: str, path: Path, title: str, xl
     return _save(fig, path)
 
 
+def _share(rate: float) -> str:
+    """A rate as a percentage with one decimal below 1%, so 1 answer of 440 reads 0.2%, not 0%."""
+    return f"{rate:.0%}" if rate >= 0.01 else f"{rate:.1%}"
+
+
 def write_report(sweep_dir: str | Path) -> str:
     """SWEEP_DIR/report.md: aggregated table, plots under SWEEP_DIR/plots/, per-run latent-analysis summaries.
 
@@ -177,7 +182,7 @@ def write_report(sweep_dir: str | Path) -> str:
     if cut_off:
         lines += ["**Answers cut off by the decoding budget** (no end-of-answer token within `eval.max_new_tokens`, scored as "
                   "generated; raise the budget and re-evaluate before reading these accuracies): " + ", ".join(
-                      f"{_setting(row, branching_varies)} {row['label']} N_L={row['N_L']} ({row['truncated_rate']:.0%})"
+                      f"{_setting(row, branching_varies)} {row['label']} N_L={row['N_L']} ({_share(row['truncated_rate'])})"
                       for row in sorted(cut_off, key=lambda r: -r["truncated_rate"])), ""]
     same_model = same_model_configurations(rows)
     if same_model:
