@@ -183,6 +183,27 @@ def test_set_epoch_returns_true_exactly_at_stage_changes() -> None:
     assert method.stage == 1 and method.set_epoch(4) is True
 
 
+def test_first_stage_skips_the_cot_stage_and_a_resume_decides_the_same() -> None:
+    """coconut.first_stage = 1 (the reference's GSM8K run from a CoT checkpoint): epoch 0 already replaces the first
+    step, every later stage comes one epoch earlier, and the curriculum's last stage and evaluation are unchanged."""
+    method, encoded = make("gpt2-tiny", max_latent_stage=2, first_stage=1)
+    changes = [method.set_epoch(epoch) for epoch in range(4)]
+    assert [method.stage_at(epoch) for epoch in range(4)] == [1, 2, 3, 3]
+    assert changes == [False, True, True, False]  # epoch 0 starts with fresh moments anyway
+    method.set_epoch(0)
+    method.train()
+    plans = [method.plan(x, method.training_stage()) for x in encoded]
+    assert [p.n_removed for p in plans] == [min(1, len(x.step_ids)) for x in encoded]
+    assert method.eval_plans(encoded) == make("gpt2-tiny", max_latent_stage=2)[0].eval_plans(encoded)
+    assert Coconut.identity_keys(method.config) == ("method.coconut.first_stage",)  # another configuration in reports
+    assert Coconut.identity_keys(make("gpt2-tiny")[0].config) == ()  # unset: the identity of runs made before it
+    from latentreason.config import load_config
+    from latentreason.export import identity_parts
+
+    config = load_config(None, ["method.name=coconut", "method.coconut.first_stage=1"])
+    assert identity_parts(config, Coconut.identity_keys(config.method)) == ["first_stage=1"]  # model card title
+
+
 def test_n_latents_sets_the_final_stage() -> None:
     method, encoded = make("gpt2-tiny", n_latents=4, thoughts_per_step=2, max_latent_stage=9, pad_latent_to_max=True)
     assert method.max_stage == 2 and method.n_latents == 4

@@ -148,6 +148,19 @@ def test_a_paced_control_removes_the_steps_on_the_latent_cells_schedule_with_no_
     assert torch.isfinite(paced.loss(paced.collate(encoded)))
 
 
+def test_first_stage_moves_a_latent_cell_and_its_paced_control_together() -> None:
+    """method.curriculum.first_stage = 1: the cell and its paced control both start by dropping the first step."""
+    cell, _, encoded = make(n_latents=4, thoughts_per_step=2, first_stage=1)
+    paced, _, _ = make(n_latents=0, control_stages=2, first_stage=1)
+    for epoch in range(3):
+        cell.set_epoch(epoch)
+        paced.set_epoch(epoch)
+        assert cell.stage == paced.stage == min(epoch + 1, 3)
+        cell_rows, paced_rows = rows(cell.collate(encoded), cell), rows(paced.collate(encoded), paced)
+        assert [t for _, _, t in paced_rows] == [t for _, _, t in cell_rows]
+        assert cell_rows[0][1] == 2 * min(epoch + 1, 2)
+
+
 def test_control_stages_only_at_n_latents_zero_with_a_curriculum_and_labels_the_control() -> None:
     paced = load_config(None, ["method.name=soft_tokens", "method.n_latents=0", "method.curriculum.enabled=true",
                                "method.curriculum.control_stages=3"]).method

@@ -109,14 +109,16 @@ def flat_value(config: Any, key: str) -> Any:
 
 
 def identity_parts(config: RunConfig, keys: Sequence[str]) -> list[str]:
-    """The identifying keys' values for a title: a plain value ("h2"), or `section.key=value` for a key of an
-    option section with an `enabled` switch (method.curriculum), left out while that section is off."""
+    """The identifying keys' values for a title: a plain value for a name ("h2"), `key=value` for a number
+    ("first_stage=1"), or `section.key=value` for a key of an option section with an `enabled` switch
+    (method.curriculum), left out while that section is off."""
     parts = []
     for key in keys:
         section_key, name = key.rsplit(".", 1)
         section = flat_value(config, section_key)
         if not hasattr(section, "enabled"):
-            parts.append(str(flat_value(config, key)))
+            value = flat_value(config, key)
+            parts.append(value if isinstance(value, str) else f"{name}={value}")
         elif section.enabled:
             parts.append(f"{section_key.split('.')[-1]}.{name}={flat_value(config, key)}")
     return parts

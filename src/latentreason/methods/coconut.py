@@ -65,6 +65,7 @@ class Coconut(LatentMethod):
     name = "coconut"
     multi_pass = True
     inserts_latent_slots = True
+    identifying_keys = ("method.coconut.first_stage",)
     description = ("Coconut (Hao et al. 2024): the last hidden state is fed back as the next input embedding for N_L "
                    "continuous thoughts before the answer; the backbone holds every weight.")
 
@@ -75,6 +76,11 @@ class Coconut(LatentMethod):
         if cc.fixed_latents or config.n_latents:
             return config.n_latents
         return cc.max_latent_stage * cc.thoughts_per_step
+
+    @classmethod
+    def identity_keys(cls, config: MethodConfig) -> tuple[str, ...]:
+        """`coconut.first_stage` tells configurations apart only when set (> 0): runs made before it keep theirs."""
+        return cls.identifying_keys if config.coconut.first_stage else ()
 
     @classmethod
     def max_latent_positions(cls, config: MethodConfig) -> int:
@@ -109,7 +115,8 @@ class Coconut(LatentMethod):
             self.max_stage = cc.max_latent_stage
         self.n_latents = config.n_latents if cc.fixed_latents else self.max_stage * self.c
         """Latent slots at the final stage (an upper bound per example unless pad_latent_to_max/fixed)."""
-        self.curriculum = StepCurriculum(self.c, cc.epochs_per_stage, self.max_stage, cc.reset_optimizer, cc.pad_latent_to_max)
+        self.curriculum = StepCurriculum(self.c, cc.epochs_per_stage, self.max_stage, cc.reset_optimizer, cc.pad_latent_to_max,
+                                         first_stage=cc.first_stage)
         self.stage = 0
 
     # --- curriculum -------------------------------------------------------------------------------------

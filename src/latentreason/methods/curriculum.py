@@ -12,7 +12,8 @@ both). Methods with shared latent vectors (soft tokens, the Coprocessor's soft-t
 `pad_latent_to_max`, so every row of a batch has the same slots.
 
 `first_stage` > 0 skips the early stages: a method whose stage 0 would train nothing (a frozen Base whose
-Coprocessor writes no latent at stage 0) starts at stage 1. `stage_batch` lays out the batch of a method that
+Coprocessor writes no latent at stage 0) starts at stage 1, and so does a run told to (`method.coconut.first_stage`,
+`method.curriculum.first_stage`: its start is already a CoT model, as in the reference's GSM8K run). `stage_batch` lays out the batch of a method that
 reads "question | latent slots | remaining steps + answer" (soft tokens, the Coprocessor).
 """
 
@@ -90,7 +91,7 @@ def stage_batch(curriculum: StepCurriculum, stage: int, examples: Sequence[Encod
 
 
 CURRICULUM_KEYS = ("method.curriculum.enabled", "method.curriculum.thoughts_per_step", "method.curriculum.epochs_per_stage",
-                   "method.curriculum.control_stages")
+                   "method.curriculum.first_stage", "method.curriculum.control_stages")
 """The `method.curriculum` keys that tell configurations apart (part of a method's identifying_keys)."""
 
 
@@ -105,9 +106,12 @@ class CurriculumStages:
     def identity_keys(cls, config) -> tuple[str, ...]:
         """Without latents no step gets slots, so every `thoughts_per_step` trains the same run
         (`epochs_per_stage` epochs of CoT, then every step removed): an N_L = 0 curriculum control serves the cells of
-        every thoughts_per_step. `control_stages` exists only at N_L = 0 (a latent cell's stages are N_L / c)."""
-        unused = "method.curriculum.thoughts_per_step" if cls.latent_budget(config) == 0 else "method.curriculum.control_stages"
-        return tuple(k for k in cls.identifying_keys if k != unused)
+        every thoughts_per_step. `control_stages` exists only at N_L = 0 (a latent cell's stages are N_L / c).
+        `first_stage` counts only when set (> 0), so runs made before it existed keep their identity and titles."""
+        unused = {"method.curriculum.thoughts_per_step" if cls.latent_budget(config) == 0 else "method.curriculum.control_stages"}
+        if not config.curriculum.first_stage:
+            unused.add("method.curriculum.first_stage")
+        return tuple(k for k in cls.identifying_keys if k not in unused)
 
     @classmethod
     def curriculum_label(cls, label: str, config) -> str:
@@ -137,13 +141,14 @@ class CurriculumStages:
 
     def start_curriculum(self, config, n_latents: int, first_stage: int = 0) -> None:
         """The stage rules of `config.curriculum` over N_L = `n_latents` latents, with `pad_latent_to_max` (one slot
-        count per batch: the first k of the N_L slots), and the final stage, which generation always uses."""
+        count per batch: the first k of the N_L slots), and the final stage, which generation always uses. The first
+        epoch trains the later of `first_stage` (the method's own minimum) and `curriculum.first_stage`."""
         cc = config.curriculum
         # A paced control (N_L = 0, control_stages K) runs K stages that remove steps with no slot in their place.
         slots_per_step = cc.thoughts_per_step if n_latents else 0
         stages = n_latents // cc.thoughts_per_step if n_latents else cc.control_stages
         self.curriculum = StepCurriculum(slots_per_step, cc.epochs_per_stage, stages, cc.reset_optimizer,
-                                         pad_latent_to_max=True, first_stage=first_stage) if cc.enabled else None
+                                         pad_latent_to_max=True, first_stage=max(first_stage, cc.first_stage)) if cc.enabled else None
         self.stage = self.curriculum.final_stage if self.curriculum else 0
 
     def set_epoch(self, epoch: int) -> bool:

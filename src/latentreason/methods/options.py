@@ -38,6 +38,9 @@ class CoconutConfig:
     """Last stage s that keeps text steps; stage s replaces the first s steps by s*c latents (all steps when
     fewer remain). From stage s + 1 on (and at evaluation) every step is removed, as in the reference.
     Overridden by `method.n_latents` > 0: max_latent_stage = n_latents / c (N_L = final-stage latents)."""
+    first_stage: NonNegativeInt = 0
+    """The stage the first epoch trains. 0: stage 0 (the CoT text) first; 1 skips it for a start that is already
+    a CoT model, as the reference's GSM8K run does (`resume: 3` with 3 epochs per stage from its CoT checkpoint)."""
     mix_prob: Probability = 0.0
     """Probability of sampling a lower stage for an example (curriculum mixing)."""
     reset_optimizer: bool = True
@@ -120,6 +123,9 @@ class CurriculumConfig:
     """Epochs spent at each stage (the last, all-steps-removed stage lasts until training ends)."""
     reset_optimizer: bool = True
     """Fresh optimizer state at each stage boundary, as Coconut does."""
+    first_stage: NonNegativeInt = 0
+    """The stage the first epoch trains (1 skips the CoT stage 0, as `method.coconut.first_stage`; liu and h1 start
+    at stage 1 or later whatever it says)."""
     control_stages: NonNegativeInt = 0
     """At N_L = 0 only: remove the steps over this many stages (stage k drops the first k steps, with nothing in
     their place), then the answer-only final stage: the no-latent control paced like a latent cell with
