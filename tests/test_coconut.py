@@ -9,7 +9,8 @@ import torch
 
 import helpers
 from latentreason.backbones import build_backbone, lm_forward
-from latentreason.config import CoconutConfig, MethodConfig, ModelConfig
+from latentreason.config import CoconutConfig, MethodConfig, ModelConfig, load_config
+from latentreason.export import identity_parts
 from latentreason.methods.base import causal_lm_loss
 from latentreason.methods.coconut import Coconut, Plan
 from latentreason.tasks import Example
@@ -197,9 +198,6 @@ def test_first_stage_skips_the_cot_stage_and_a_resume_decides_the_same() -> None
     assert method.eval_plans(encoded) == make("gpt2-tiny", max_latent_stage=2)[0].eval_plans(encoded)
     assert Coconut.identity_keys(method.config) == ("method.coconut.first_stage",)  # another configuration in reports
     assert Coconut.identity_keys(make("gpt2-tiny")[0].config) == ()  # unset: the identity of runs made before it
-    from latentreason.config import load_config
-    from latentreason.export import identity_parts
-
     config = load_config(None, ["method.name=coconut", "method.coconut.first_stage=1"])
     assert identity_parts(config, Coconut.identity_keys(config.method)) == ["first_stage=1"]  # model card title
 

@@ -13,8 +13,9 @@ both). Methods with shared latent vectors (soft tokens, the Coprocessor's soft-t
 
 `first_stage` > 0 skips the early stages: a method whose stage 0 would train nothing (a frozen Base whose
 Coprocessor writes no latent at stage 0) starts at stage 1, and so does a run told to (`method.coconut.first_stage`,
-`method.curriculum.first_stage`: its start is already a CoT model, as in the reference's GSM8K run). `stage_batch` lays out the batch of a method that
-reads "question | latent slots | remaining steps + answer" (soft tokens, the Coprocessor).
+`method.curriculum.first_stage`: its start is already a CoT model, as in the reference's GSM8K run).
+`stage_batch` lays out the batch of a method that reads "question | latent slots | remaining steps + answer"
+(soft tokens, the Coprocessor).
 """
 
 from __future__ import annotations
