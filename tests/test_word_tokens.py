@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from latentreason.backbones import add_word_tokens, build_backbone
+from latentreason.backbones import add_word_tokens, build_backbone, vocab_word_rows
 from latentreason.config import ModelConfig, load_config
 from latentreason.errors import UserInputError
 from latentreason.tasks.prosqa import CONCEPT_NAMES
@@ -62,6 +64,24 @@ def test_each_split_word_becomes_one_token_starting_at_the_mean_of_its_pieces(pr
     assert add_word_tokens(with_words.model, tokenizer, WORDS) == []
 
 
+def test_vocab_word_init_starts_each_word_at_a_different_existing_word(pretrained_dir):
+    """`model.word_token_init=vocab_word`: every name starts as a copy of its own one-token lowercase word, so no two
+    names start equal (the piece mean makes names that share pieces nearly equal)."""
+    plain = build_backbone(ModelConfig(backbone=pretrained_dir))
+    with_words = build_backbone(ModelConfig(backbone=pretrained_dir, word_token_init="vocab_word"), words=WORDS)
+    tokenizer, old = with_words.tokenizer, plain.model.get_input_embeddings().weight
+    vocab_words = {token_id for token_id in plain.tokenizer.get_vocab().values()
+                   if re.fullmatch(r" [a-z]{4,}", plain.tokenizer.decode([token_id]))}
+    for table in [with_words.model.get_input_embeddings().weight, with_words.model.get_output_embeddings().weight]:
+        rows = [table[tokenizer.convert_tokens_to_ids(" " + word)] for word in WORDS]
+        copied = [[i for i in vocab_words if torch.equal(row, table[i])] for row in rows]
+        assert all(len(ids) == 1 for ids in copied), copied
+        assert len({ids[0] for ids in copied}) == len(WORDS)
+    torch.testing.assert_close(with_words.model.get_input_embeddings().weight[:len(plain.tokenizer)], old)
+    with pytest.raises(UserInputError, match="fewer than the 1000 names"):
+        vocab_word_rows(plain.tokenizer, 1000)
+
+
 def test_a_tokenizer_that_adds_prefix_spaces_is_refused():
     """Tiny backbones' tokenizers put a space before every piece: the text after an added word would gain one."""
     with pytest.raises(UserInputError, match="adds a space before each piece"):
@@ -93,3 +113,8 @@ def test_word_tokens_on_a_task_without_made_up_names_is_an_error(tmp_path, pretr
     cfg = prosqa_run(tmp_path, pretrained_dir, "task.name=countdown", "task.params={}")
     with pytest.raises(UserInputError, match="word_tokens.*countdown"):
         build_run(cfg)
+
+
+def test_word_token_init_without_word_tokens_is_an_error(tmp_path):
+    with pytest.raises(UserInputError, match="word_token_init.*model.word_tokens is off"):
+        load_config(None, [f"out_dir={tmp_path}", "model.word_token_init=vocab_word"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -120,7 +122,7 @@ def build_backbone(
             tokenizer = train_tokenizer(corpus, cfg.tokenizer_vocab_size)
         add_latent_tokens(tokenizer)
         model = TINY_BACKBONES[name](cfg, len(tokenizer))
-        add_word_tokens(model, tokenizer, words)
+        add_word_tokens(model, tokenizer, words, cfg.word_token_init)
         return Backbone(model, tokenizer, from_scratch=True)
     if name == "smollm2-135m":
         gguf = smollm2_gguf_path()
@@ -142,23 +144,27 @@ def build_backbone(
     add_latent_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    add_word_tokens(model, tokenizer, words)
+    add_word_tokens(model, tokenizer, words, cfg.word_token_init)
     return Backbone(model, tokenizer, from_scratch=False)
 
 
-def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[str]:
+def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: Sequence[str],
+                    init: str = "piece_mean") -> list[str]:
     """Add " word" as one token for each word the tokenizer splits into pieces; returns the words added.
 
     The token includes its leading space (every ProsQA name follows one: "Every wumpus", "is a wumpus") and is
     matched on the raw text, so " wumpus" becomes one id and the rest of the text tokenises as before. Its
-    input (and, if untied, output) embedding starts at the mean of its pieces' rows, so the pretrained model
-    first reads the new token roughly as it read the pieces. A tokenizer that already has the words (one
-    reloaded from a run dir) adds nothing; the model is then resized by the caller and its weights loaded.
+    input (and, if untied, output) embedding starts at the mean of its pieces' rows (`init="piece_mean"`: the
+    pretrained model first reads the new token roughly as it read the pieces) or at a copy of a distinct word
+    the tokenizer already has (`init="vocab_word"`, `vocab_word_rows`). A tokenizer that already has the words
+    (one reloaded from a run dir) adds nothing; the model is then resized by the caller and its weights loaded.
     """
     pieces = {word: tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in words}
     new = [word for word, ids in pieces.items() if len(ids) > 1]
     if not new:
         return []
+    # Drawn before the words are added, so that no name starts from another name's (still empty) row.
+    sources = vocab_word_rows(tokenizer, len(new)) if init == "vocab_word" else [pieces[word] for word in new]
     tokenizer.add_tokens([AddedToken(" " + word, normalized=False, special=False) for word in new])
     sample = f"Every {new[0]} is a {new[-1]}. Tom is a {new[0]}."
     if tokenizer.decode(tokenizer(sample, add_special_tokens=False)["input_ids"]) != sample:
@@ -173,11 +179,27 @@ def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     if output is not None and output.weight is not tables[0]:
         tables.append(output.weight)
     with torch.no_grad():
-        for word in new:
+        for word, source in zip(new, sources):
             row = tokenizer.convert_tokens_to_ids(" " + word)
             for table in tables:
-                table[row] = table[pieces[word]].mean(dim=0)
+                table[row] = table[source].mean(dim=0)
     return new
+
+
+def vocab_word_rows(tokenizer: PreTrainedTokenizerBase, count: int) -> list[list[int]]:
+    """`count` distinct ids of existing one-token lowercase words (" table", " river"), a fixed draw (seed 0).
+
+    Only words of 4+ letters a-z with a leading space qualify: real words with trained embeddings, none of which
+    a ProsQA text uses (its template words are capitalised or shorter, its names are split or added). Each comes
+    back as a one-id list, the shape of a name's pieces.
+    """
+    candidates = sorted(
+        token_id for token_id in tokenizer.get_vocab().values()
+        if re.fullmatch(r" [a-z]{4,}", tokenizer.decode([token_id])))
+    if len(candidates) < count:
+        raise UserInputError(f"model.word_token_init=vocab_word: the tokenizer has {len(candidates)} one-token lowercase words "
+                             f"of 4+ letters, fewer than the {count} names to start from; use piece_mean")
+    return [[token_id] for token_id in random.Random(0).sample(candidates, count)]
 
 
 # ----------------------------------------------------------------------------- calling a model

@@ -71,6 +71,11 @@ class ModelConfig:
     ProsQA learn faster (results/prosqa_smollm2, session 39). Tasks without made-up names (Countdown, GSM8K)
     reject it, and so do tokenizers that add a space before every piece of text (tiny backbones' own, which
     learn the names from the task's text anyway)."""
+    word_token_init: Literal["piece_mean", "vocab_word"] = "piece_mean"
+    """Where each added name token's embedding starts (`model.word_tokens`). `piece_mean`: the mean of its pieces'
+    rows, so the model first reads it roughly as the pieces; names that share all pieces but the first (" w|ump|us",
+    " y|ump|us") then start nearly equal. `vocab_word`: a copy of a distinct lowercase word the tokenizer already
+    has as one token (a fixed draw), so every name starts as a different, well-trained embedding to match and copy."""
 
 
 @dataclass
@@ -326,6 +331,9 @@ def validate(config: RunConfig) -> None:
         # A local HF directory (must hold config.json) or a hub id such as `gpt2` or `org/name`; whether a hub
         # id can be loaded (cache / network) is checked by the CLI and build_backbone, not here.
         backbone_kind(model.backbone)
+    if model.word_token_init != "piece_mean" and not model.word_tokens:
+        raise UserInputError(f"config key 'model.word_token_init': {model.word_token_init} starts the added name tokens, but "
+                             "model.word_tokens is off, so none are added; set model.word_tokens=true")
     check_generator_params(config.task)
     check_method_options(config.method)  # methods/options.py: the checks across method.* fields
     if config.train.objective == "pretrain":
