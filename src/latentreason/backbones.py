@@ -189,9 +189,9 @@ def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 def vocab_word_rows(tokenizer: PreTrainedTokenizerBase, count: int) -> list[list[int]]:
     """`count` distinct ids of existing one-token lowercase words (" table", " river"), a fixed draw (seed 0).
 
-    Only words of 4+ letters a-z with a leading space qualify: real words with trained embeddings, none of which
-    a ProsQA text uses (its template words are capitalised or shorter, its names are split or added). Each comes
-    back as a one-id list, the shape of a name's pieces.
+    Only tokens that read as a space and 4+ letters a-z qualify: trained embeddings of words (and some word
+    fragments, " dynam"), none of which a ProsQA text uses (its template words are capitalised or shorter, its
+    names are split or added). Each comes back as a one-id list, the shape of a name's pieces.
     """
     candidates = sorted(
         token_id for token_id in tokenizer.get_vocab().values()

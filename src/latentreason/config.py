@@ -69,8 +69,8 @@ class ModelConfig:
     at the mean of those pieces' (or see `word_token_init`). A name is then one token to copy from the facts
     instead of a few pieces that differ only in the first, and default-size prompts are ~30% shorter. Started at
     the piece mean it did not make default-size ProsQA learn faster (results/prosqa_smollm2, session 39); started
-    at distinct words it rose sooner and ended at 0.754 / 0.718 over two draws against 0.706 (session 41). Tasks without made-up names (Countdown, GSM8K)
-    reject it, and so do tokenizers that add a space before every piece of text (tiny backbones' own, which
+    at distinct words it rose sooner and ended at 0.754 / 0.718 over two draws against 0.706 (session 41). Tasks
+    without made-up names (Countdown, GSM8K) reject it, and so do tokenizers that add a space before every piece of text (tiny backbones' own, which
     learn the names from the task's text anyway)."""
     word_token_init: Literal["piece_mean", "vocab_word"] = "piece_mean"
     """Where each added name token's embedding starts (`model.word_tokens`). `piece_mean`: the mean of its pieces'
