@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from latentreason.backbone_names import backbone_kind, check_hub_backbone
-from latentreason.config import ModelConfig
+from latentreason.config import ModelConfig, WordTokenInit
 from latentreason.errors import UserInputError
 from latentreason.flops import ModelDims, forward_flops  # noqa: F401  (re-exported: the FLOP model lives in flops.py)
 from latentreason.tokenization import add_latent_tokens, train_tokenizer
@@ -149,7 +149,7 @@ def build_backbone(
 
 
 def add_word_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, words: Sequence[str],
-                    init: str = "piece_mean") -> list[str]:
+                    init: WordTokenInit = "piece_mean") -> list[str]:
     """Add " word" as one token for each word the tokenizer splits into pieces; returns the words added.
 
     The token includes its leading space (every ProsQA name follows one: "Every wumpus", "is a wumpus") and is

@@ -39,6 +39,8 @@ __all__ = [
 
 TaskName = Literal["prosqa", "countdown", "gsm8k"]
 """Must equal the keys of tasks.TASKS (a test keeps them in step)."""
+WordTokenInit = Literal["piece_mean", "vocab_word"]
+"""Where added name tokens start (`ModelConfig.word_token_init`)."""
 
 
 @dataclass
@@ -70,9 +72,9 @@ class ModelConfig:
     instead of a few pieces that differ only in the first, and default-size prompts are ~30% shorter. Started at
     the piece mean it did not make default-size ProsQA learn faster (results/prosqa_smollm2, session 39); started
     at distinct words it rose sooner and ended at 0.754 / 0.718 over two draws against 0.706 (session 41). Tasks
-    without made-up names (Countdown, GSM8K) reject it, and so do tokenizers that add a space before every piece of text (tiny backbones' own, which
-    learn the names from the task's text anyway)."""
-    word_token_init: Literal["piece_mean", "vocab_word"] = "piece_mean"
+    without made-up names (Countdown, GSM8K) reject it, and so do tokenizers that add a space before every piece
+    of text (tiny backbones' own, which learn the names from the task's text anyway)."""
+    word_token_init: WordTokenInit = "piece_mean"
     """Where each added name token's embedding starts (`model.word_tokens`). `piece_mean`: the mean of its pieces'
     rows, so the model first reads it roughly as the pieces; names that share all pieces but the first (" w|ump|us",
     " y|ump|us") then start nearly equal. `vocab_word`: a copy of a distinct lowercase word the tokenizer already
