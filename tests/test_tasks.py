@@ -167,6 +167,39 @@ def test_prosqa_frontier_steps_are_the_search_trace_of_the_same_problem():
         task.generate(1, seed=0, steps="bfs")
 
 
+def test_prosqa_backward_steps_walk_each_option_back_to_its_person():
+    """steps="backward" changes only the steps: for each option in question order, its chain's facts from the
+    option back to a person, every one a fact of the question; the target's chain is the answer path reversed
+    and ends at the asked person, the other option's ends at another person."""
+    from latentreason.tasks.audit import _parse_prosqa
+    from latentreason.tasks.prosqa import fact_sentence
+    task = get_task("prosqa")
+    paths = task.generate(40, seed=7)
+    traces = task.generate(40, seed=7, steps="backward")
+    for path, trace in zip(paths, traces):
+        assert (path.question, path.answer, path.meta["edges"]) == (trace.question, trace.answer, trace.meta["edges"])
+        sym = trace.meta["idx_to_symbol"]
+        parsed = _parse_prosqa(trace)  # facts as (parent, child, parent is a person), read from the text
+        by_sentence = {fact_sentence(*f): f for f in parsed["facts"]}
+        assert all(step in by_sentence for step in trace.steps)
+        options = parsed["options"]
+        chains, chain = [], []
+        for step in trace.steps:  # a chain ends at the fact whose parent is a person
+            chain.append(by_sentence[step])
+            if chain[-1][2]:
+                chains.append(chain)
+                chain = []
+        assert chain == [] and len(chains) == 2
+        for option, chain in zip(options, chains):
+            assert chain[0][1] == option and all(a[0] == b[1] for a, b in zip(chain, chain[1:]))
+        target_chain = chains[options.index(sym[trace.meta["target"]])]
+        other_chain = chains[1 - options.index(sym[trace.meta["target"]])]
+        assert [fact_sentence(*f) for f in reversed(target_chain)] == path.steps
+        assert target_chain[-1][0] == sym[trace.meta["root"]] != other_chain[-1][0]
+    with pytest.raises(UserInputError, match="backward"):
+        task.generate(1, seed=0, steps="bfs")
+
+
 def test_prosqa_asked_facts_last_is_refused_where_it_would_reach_the_eval_split():
     from latentreason.config import load_config
     with pytest.raises(UserInputError, match="stream_curriculum"):

@@ -144,9 +144,28 @@ def frontier_steps(facts: Sequence[tuple[str, int, int]], root: int, target: int
     return steps
 
 
-STEPS_FORMATS = ("path", "frontier")
+def backward_steps(option_chains: Sequence[Sequence[str]]) -> list[str]:
+    """The trace of `steps="backward"`: for each option in question order, the facts of its chain from the option
+    back up to the person that heads it (one fact per step), so the answer is the option whose chain ends at
+    the asked person.
+
+    `option_chains[i]` is option i's head path, person first ([person, concept, ..., option]). Walking a chain
+    backward needs almost no look-ahead on generated problems: a node of the answer path has 0.09 parents
+    besides the path's own on average, where it has 1.9 children besides the path's (500 default-size
+    problems; the released prosqa_valid.json: 0.48 and 1.85), and the path format must pick among those
+    children at every step. The cost is a trace about twice the path's length (both options' chains).
+    """
+    steps = []
+    for chain in option_chains:
+        for depth in range(len(chain) - 1, 0, -1):
+            steps.append(fact_sentence(chain[depth - 1], chain[depth], depth == 1))
+    return steps
+
+
+STEPS_FORMATS = ("path", "frontier", "backward")
 """Generator parameter `steps`: "path" is the released format (the answer path, one fact per step);
-"frontier" is the breadth-first search trace of `frontier_steps`."""
+"frontier" is the breadth-first search trace of `frontier_steps`; "backward" walks each option's chain back to
+its person (`backward_steps`)."""
 
 
 def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
@@ -275,6 +294,9 @@ def _make_graph(rng: random.Random, depths: tuple[int, int], n_nodes: int,
         facts = [f for f in facts if f[1] != root] + [f for f in facts if f[1] == root]
     if steps_format == "frontier":
         steps = frontier_steps(facts, root, target)
+    elif steps_format == "backward":
+        head_path = {name[leaf]: [name[u] for u in [head] + chain] for head, chain, leaf in zip(heads, chains, leaves)}
+        steps = backward_steps([head_path[option] for option in options])
     else:
         steps = [fact_sentence(name[a], name[b], a == root) for a, b in zip(path, path[1:])]
     return {
@@ -371,8 +393,9 @@ class ProsQATask(Task):
         the binding plateau: the copy path forms on the positional rule first, and the lookup by name follows
         (docs/LOG.md, 2026-12-02, results/prosqa_exploration/session5). The problems are otherwise identical.
         Concept names come from `concepts`: "released" (the released split's 38) or "extended" (~300).
-        `steps` chooses the CoT steps: "path" (the released format: the answer path, one fact per step) or
-        "frontier" (a search trace without look-ahead, see `frontier_steps`); the problem itself is the same.
+        `steps` chooses the CoT steps: "path" (the released format: the answer path, one fact per step),
+        "frontier" (a search trace without look-ahead, see `frontier_steps`) or "backward" (each option's chain
+        walked back to its person, see `backward_steps`); the problem itself is the same.
         """
         if params:
             raise UserInputError(f"prosqa: unknown generator parameter(s) {sorted(params)}; "
