@@ -1,6 +1,6 @@
 """Where each wrong ProsQA CoT answer first goes wrong, from a run's predictions.jsonl.
 
-    python results/prosqa_smollm2/chain_errors.py RUN_DIR [RUN_DIR ...]
+    python results/prosqa_smollm2/chain_errors.py RUN_DIR [RUN_DIR ...]   (or a run's eval folder, e.g. RUN_DIR/eval_prosqa_valid)
 
 Path format (the released one): walks each wrong chain against the facts in its question. A step is `invented` if
 its fact is not in the question, `deadend_choice` if it is a real fact whose end concept cannot reach the gold
@@ -85,7 +85,8 @@ def first_backward_error(row: dict) -> str:
 if __name__ == "__main__":
     for run_dir in sys.argv[1:]:
         rows = [json.loads(line) for line in open(Path(run_dir) / "predictions.jsonl")]
-        backward = "steps: backward" in (Path(run_dir) / "config.yaml").read_text()
+        config = next(path for path in (Path(run_dir) / "config.yaml", Path(run_dir).parent / "config.yaml") if path.exists())
+        backward = "steps: backward" in config.read_text()  # an eval folder's run is its parent
         classify = first_backward_error if backward else first_error
         kinds = collections.Counter(classify(row) for row in rows if not row["correct"])
         print(f"{run_dir}: {len(rows)} answers, {sum(kinds.values())} wrong:",
