@@ -24,6 +24,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from latentreason.tasks.audit import _parse_prosqa, _reach, prosqa_option_features
 from latentreason.tasks.base import Example
 
@@ -108,7 +110,8 @@ if __name__ == "__main__":
         rows = [json.loads(line) for line in open(Path(run_dir) / "predictions.jsonl")]
         problems = [parse(row) for row in rows]
         config = next(path for path in (Path(run_dir) / "config.yaml", Path(run_dir).parent / "config.yaml") if path.exists())
-        backward = "steps: backward" in config.read_text()  # an eval folder's run is its parent
+        task_params = yaml.safe_load(config.read_text())["task"].get("params") or {}  # an eval folder's run is its parent
+        backward = task_params.get("steps") == "backward"
         classify = first_backward_error if backward else first_error
         kinds = collections.Counter(classify(row, problem) for row, problem in zip(rows, problems) if not row["correct"])
         print(f"{run_dir}: {len(rows)} answers, {sum(kinds.values())} wrong:",
